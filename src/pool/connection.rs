@@ -1,0 +1,554 @@
+//! One database session and everything it owns: the socket we opened, a current-thread tokio
+//! runtime (what `postgres::Client` builds internally, kept in pieces so that every
+//! operation is `block_on(timeout(..))` and nothing can hang), and its prepared statements.
+
+use super::conninfo::ConnInfo;
+use super::error::{describe, Error};
+use super::settings::PoolSettings;
+use super::tls::TlsPolicy;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use tokio_postgres::tls::{MakeTlsConnect, NoTls, TlsConnect};
+use tokio_postgres::types::Type;
+use tokio_postgres::{CancelToken, Client, Statement};
+
+/// How long a clean close waits for the Terminate message to be written.
+const TERMINATE_WAIT: Duration = Duration::from_secs(1);
+
+/// Where and how to connect: built once per pool from its conninfo and settings.
+pub(crate) struct Endpoint {
+    target: Target,
+    /// user, password, dbname, options, application_name, sslmode for the startup packet.
+    startup: tokio_postgres::Config,
+    tls: TlsPolicy,
+    pub(crate) connect_timeout: Duration,
+    /// `host:port/dbname as user`, for logs and errors; never the password.
+    pub(crate) description: String,
+    pub(crate) database: String,
+}
+
+enum Target {
+    Tcp { host: String, port: u16 },
+    Unix { path: PathBuf },
+}
+
+/// The socket before it is handed to tokio; its fd is recorded first.
+enum RawSocket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Endpoint {
+    pub(crate) fn new(info: &ConnInfo, settings: &PoolSettings) -> Result<Endpoint, Error> {
+        let mut info = info.clone();
+        info.fill_defaults();
+        let tls = TlsPolicy::for_conninfo(&info)?;
+        let host = info.host.clone().unwrap_or_default();
+        let port = info.port.unwrap_or(5432);
+        let target = if info.is_unix_socket() {
+            Target::Unix {
+                path: PathBuf::from(&host).join(format!(".s.PGSQL.{port}")),
+            }
+        } else {
+            Target::Tcp {
+                host: host.clone(),
+                port,
+            }
+        };
+        let mut startup = tokio_postgres::Config::new();
+        let user = info.user.clone().unwrap_or_default();
+        let database = info.dbname.clone().unwrap_or_default();
+        startup.user(&user).dbname(&database).ssl_mode(tls.mode);
+        if let Some(password) = &info.password {
+            startup.password(password.as_bytes());
+        }
+        startup.application_name(
+            info.application_name
+                .clone()
+                .unwrap_or_else(|| settings.application_name.clone()),
+        );
+        let mut options = info.options.clone().unwrap_or_default();
+        if let Some(timeout) = settings.statement_timeout {
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c statement_timeout={}", timeout.as_millis()));
+        }
+        if !options.is_empty() {
+            startup.options(options);
+        }
+        Ok(Endpoint {
+            target,
+            startup,
+            tls,
+            connect_timeout: info.connect_timeout.unwrap_or(settings.connect_timeout),
+            description: format!("{host}:{port}/{database} as {user}"),
+            database,
+        })
+    }
+
+    /// Opens the socket (each resolved address in turn), bounded by `deadline`. DNS runs
+    /// here, on the caller's thread, never inside tokio (it would start a blocking pool).
+    fn open_socket(&self, deadline: Instant) -> Result<RawSocket, String> {
+        match &self.target {
+            Target::Unix { path } => UnixStream::connect(path)
+                .map(RawSocket::Unix)
+                .map_err(|e| format!("cannot connect to socket {}: {e}", path.display())),
+            Target::Tcp { host, port } => {
+                let addresses = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve host {host:?}: {e}"))?;
+                let mut last_error = format!("host {host:?} resolved to no address");
+                for address in addresses {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(format!(
+                            "connecting to {address} timed out; last error: {last_error}"
+                        ));
+                    }
+                    match TcpStream::connect_timeout(&address, remaining) {
+                        Ok(stream) => {
+                            set_tcp_options(&stream);
+                            return Ok(RawSocket::Tcp(stream));
+                        }
+                        Err(e) => last_error = format!("cannot connect to {address}: {e}"),
+                    }
+                }
+                Err(last_error)
+            }
+        }
+    }
+
+    fn tls_host(&self) -> &str {
+        match &self.target {
+            Target::Tcp { host, .. } => host,
+            Target::Unix { .. } => "",
+        }
+    }
+
+    /// Runs `startup` (TLS + authentication) over `socket` and spawns the connection task.
+    async fn start_session(&self, socket: RawSocket) -> Result<(Client, JoinHandle<()>), String> {
+        match socket {
+            RawSocket::Unix(stream) => {
+                stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
+                spawn_session(&self.startup, stream, NoTls).await
+            }
+            RawSocket::Tcp(stream) => {
+                stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+                match &self.tls.connector {
+                    None => spawn_session(&self.startup, stream, NoTls).await,
+                    Some(make) => {
+                        let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                            &mut make.clone(),
+                            self.tls_host(),
+                        )
+                        .map_err(|e| format!("cannot set up TLS: {e}"))?;
+                        spawn_session(&self.startup, stream, tls).await
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a cancel request for `token` over a fresh socket with the same TLS mode,
+    /// bounded by connect_timeout. Best effort: the caller discards or resets anyway.
+    fn cancel(&self, runtime: &Runtime, token: &CancelToken) {
+        let deadline = Instant::now() + self.connect_timeout;
+        let socket = match self.open_socket(deadline) {
+            Ok(socket) => socket,
+            Err(e) => {
+                log::debug!(target: "forkpool::pool", "cancel request to {} failed: {e}", self.description);
+                return;
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = bounded(runtime, remaining, async {
+            match socket {
+                RawSocket::Unix(stream) => {
+                    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    let stream =
+                        tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
+                    token
+                        .cancel_query_raw(stream, NoTls)
+                        .await
+                        .map_err(|e| describe(&e))
+                }
+                RawSocket::Tcp(stream) => {
+                    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    let stream =
+                        tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
+                    match &self.tls.connector {
+                        None => token
+                            .cancel_query_raw(stream, NoTls)
+                            .await
+                            .map_err(|e| describe(&e)),
+                        Some(make) => {
+                            let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                                &mut make.clone(),
+                                self.tls_host(),
+                            )
+                            .map_err(|e| e.to_string())?;
+                            token
+                                .cancel_query_raw(stream, tls)
+                                .await
+                                .map_err(|e| describe(&e))
+                        }
+                    }
+                }
+            }
+        });
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::debug!(target: "forkpool::pool", "cancel request failed: {e}"),
+            Err(_) => log::debug!(target: "forkpool::pool", "cancel request timed out"),
+        }
+    }
+}
+
+async fn spawn_session<S, T>(
+    startup: &tokio_postgres::Config,
+    stream: S,
+    tls: T,
+) -> Result<(Client, JoinHandle<()>), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: TlsConnect<S> + Send,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = startup
+        .connect_raw(stream, tls)
+        .await
+        .map_err(|e| connect_error_text(&e))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!(target: "forkpool::pool", "connection ended: {}", describe(&e));
+        }
+    });
+    Ok((client, task))
+}
+
+/// A connect error with its SQLSTATE when the server sent one (e.g. 28P01 for a bad
+/// password, 57P03 while the server starts up), else the OS or TLS error.
+fn connect_error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => describe(error),
+    }
+}
+
+/// Short keepalive timings and a user timeout so a peer that vanished (network cut, host
+/// down) is noticed within about 30 s instead of the kernel's two hours. Best effort.
+fn set_tcp_options(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let options: [(libc::c_int, libc::c_int, libc::c_int); 5] = [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 30_000),
+    ];
+    for (level, name, value) in options {
+        // SAFETY: fd is a live socket we own; the option value is a c_int as the kernel expects.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// Runs `future` on `runtime` for at most `limit`. The timer is created inside `block_on`
+/// because tokio's timers need the runtime's context.
+fn bounded<F: Future>(
+    runtime: &Runtime,
+    limit: Duration,
+    future: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    runtime.block_on(async { tokio::time::timeout(limit, future).await })
+}
+
+/// Serializes runtime building so the descriptors that appear across one `build()` are that
+/// runtime's own, not another connect's.
+static RUNTIME_BUILD: Mutex<()> = Mutex::new(());
+
+/// A current-thread runtime and the descriptors it created (its epoll and eventfd), which
+/// a forked child must close without letting tokio touch them.
+fn build_runtime() -> Result<(Runtime, Vec<RawFd>), String> {
+    let _serialized = RUNTIME_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let before = anon_inode_fds();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot build a tokio runtime: {e}"))?;
+    let fds = anon_inode_fds().difference(&before).copied().collect();
+    Ok((runtime, fds))
+}
+
+/// Descriptors of this process that are epoll or eventfd instances.
+fn anon_inode_fds() -> HashSet<RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                target == "anon_inode:[eventpoll]" || target == "anon_inode:[eventfd]"
+            })
+        })
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// One open session. Not shared: it lives in the pool's idle list or in one checkout.
+pub(crate) struct Connection {
+    client: Client,
+    task: JoinHandle<()>,
+    runtime: Runtime,
+    socket_fd: RawFd,
+    runtime_fds: Vec<RawFd>,
+    statements: HashMap<(String, Vec<Type>), Statement>,
+    pub(crate) backend_pid: i32,
+    /// Creation order: a failed ping invalidates every connection with a lower id.
+    pub(crate) id: u64,
+    /// When max_lifetime (minus this connection's jitter) is reached.
+    pub(crate) expires: Option<Instant>,
+    pub(crate) last_used: Instant,
+    /// An operation was abandoned (timeout): the session needs a reset before reuse.
+    pub(crate) interrupted: bool,
+    /// A non-server error happened: the session is not trusted any more.
+    pub(crate) broken: bool,
+}
+
+impl Connection {
+    /// Opens a session, bounded as a whole (socket, TLS, authentication) by connect_timeout.
+    pub(crate) fn open(
+        endpoint: &Endpoint,
+        id: u64,
+        lifetime: Option<Duration>,
+    ) -> Result<Connection, String> {
+        let started = Instant::now();
+        let deadline = started + endpoint.connect_timeout;
+        let (runtime, runtime_fds) = build_runtime()?;
+        let socket = endpoint.open_socket(deadline)?;
+        let socket_fd = match &socket {
+            RawSocket::Tcp(s) => s.as_raw_fd(),
+            RawSocket::Unix(s) => s.as_raw_fd(),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let startup = async {
+            let (client, task) = endpoint.start_session(socket).await?;
+            let rows = client
+                .simple_query("SELECT pg_backend_pid()")
+                .await
+                .map_err(|e| connect_error_text(&e))?;
+            let backend_pid = rows
+                .iter()
+                .find_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+                    _ => None,
+                })
+                .ok_or("the server did not report its backend pid")?;
+            Ok::<_, String>((client, task, backend_pid))
+        };
+        let (client, task, backend_pid) = match bounded(&runtime, remaining, startup) {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(format!(
+                    "no answer from the server within connect_timeout {} (TLS or authentication stalled)",
+                    humantime::format_duration(endpoint.connect_timeout)
+                ))
+            }
+        };
+        let now = Instant::now();
+        log::debug!(
+            target: "forkpool::pool",
+            "connect {} backend pid {backend_pid} in {:?}",
+            endpoint.description,
+            now - started
+        );
+        Ok(Connection {
+            client,
+            task,
+            runtime,
+            socket_fd,
+            runtime_fds,
+            statements: HashMap::new(),
+            backend_pid,
+            id,
+            expires: lifetime.map(|l| now + l),
+            last_used: now,
+            interrupted: false,
+            broken: false,
+        })
+    }
+
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| now >= at)
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken || self.client.is_closed()
+    }
+
+    /// Runs `operation` against the client, bounded by `limit` (`None`: unbounded except by
+    /// the server's statement_timeout and TCP keepalive). On timeout the query is cancelled
+    /// and the session marked interrupted; a non-server error marks it broken.
+    pub(crate) fn run<'a, T, F>(
+        &'a mut self,
+        endpoint: &Endpoint,
+        limit: Option<Duration>,
+        operation: impl FnOnce(&'a Client) -> F,
+    ) -> Result<T, RunError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>> + 'a,
+    {
+        let future = operation(&self.client);
+        let outcome = match limit {
+            Some(limit) => bounded(&self.runtime, limit, future),
+            None => Ok(self.runtime.block_on(future)),
+        };
+        self.last_used = Instant::now();
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                let fatal = error.as_db_error().is_some_and(|db| {
+                    // 57P: the server is shutting this session down; 08: protocol-level
+                    // connection failure. Either way the session is gone.
+                    let code = db.code().code();
+                    code.starts_with("57P") || code.starts_with("08")
+                });
+                if fatal || error.as_db_error().is_none() || self.client.is_closed() {
+                    self.broken = true;
+                }
+                Err(RunError::Failed(Error::from(error)))
+            }
+            Err(_elapsed) => {
+                self.interrupted = true;
+                endpoint.cancel(&self.runtime, &self.client.cancel_token());
+                Err(RunError::TimedOut)
+            }
+        }
+    }
+
+    /// The cached statement for `sql` and `types`, preparing it on first use.
+    pub(crate) fn prepare_cached(
+        &mut self,
+        endpoint: &Endpoint,
+        limit: Option<Duration>,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<Statement, RunError> {
+        let key = (sql.to_string(), types.to_vec());
+        if let Some(statement) = self.statements.get(&key) {
+            return Ok(statement.clone());
+        }
+        let statement = self.run(endpoint, limit, |client| client.prepare_typed(sql, types))?;
+        self.statements.insert(key, statement.clone());
+        Ok(statement)
+    }
+
+    /// A simple query "" bounded by connect_timeout: one round trip proves the session lives.
+    pub(crate) fn ping(&mut self, endpoint: &Endpoint) -> Result<(), String> {
+        match self.run(endpoint, Some(endpoint.connect_timeout), |c| {
+            c.simple_query("")
+        }) {
+            Ok(_) => Ok(()),
+            Err(RunError::Failed(e)) => Err(e.to_string()),
+            Err(RunError::TimedOut) => Err("no answer within connect_timeout".to_string()),
+        }
+    }
+
+    /// Runs reset statements in order, each bounded by connect_timeout.
+    pub(crate) fn reset(&mut self, endpoint: &Endpoint, statements: &[&str]) -> Result<(), String> {
+        for sql in statements {
+            match self.run(endpoint, Some(endpoint.connect_timeout), |c| {
+                c.batch_execute(sql)
+            }) {
+                Ok(()) => {}
+                Err(RunError::Failed(e)) => return Err(format!("{sql} failed: {e}")),
+                Err(RunError::TimedOut) => {
+                    return Err(format!("{sql} got no answer within connect_timeout"))
+                }
+            }
+            if sql.starts_with("DISCARD") {
+                // DISCARD ALL deallocated every prepared statement on the server.
+                self.statements.clear();
+            }
+        }
+        self.interrupted = false;
+        Ok(())
+    }
+
+    /// Drops the session without a word to the server: the spawned task is dropped
+    /// unpolled and the socket closes. Never blocks.
+    pub(crate) fn discard(self) {
+        let Connection {
+            client,
+            task,
+            runtime,
+            statements,
+            ..
+        } = self;
+        drop(statements);
+        drop(client);
+        drop(task);
+        drop(runtime);
+    }
+
+    /// Ends the session politely: the connection task sends Terminate once the client is
+    /// gone; waits at most one second for it.
+    pub(crate) fn close(self) {
+        let Connection {
+            client,
+            task,
+            runtime,
+            statements,
+            ..
+        } = self;
+        drop(statements);
+        drop(client);
+        let _ = bounded(&runtime, TERMINATE_WAIT, task);
+        drop(runtime);
+    }
+
+    /// For a connection inherited across fork(): close our copies of its descriptors and
+    /// leak everything else. Dropping the runtime here would deregister the socket from the
+    /// epoll instance the parent shares, and dropping the client could write to the parent's
+    /// TLS session.
+    pub(crate) fn forget(self) {
+        // SAFETY: these descriptors were created for this connection and nothing in this
+        // process will use them again: the objects that refer to them are leaked below.
+        unsafe {
+            libc::close(self.socket_fd);
+            for fd in &self.runtime_fds {
+                libc::close(*fd);
+            }
+        }
+        std::mem::forget(self);
+    }
+}
+
+/// How one bounded operation failed.
+pub(crate) enum RunError {
+    Failed(Error),
+    TimedOut,
+}

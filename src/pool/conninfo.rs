@@ -1,0 +1,516 @@
+//! libpq connection settings: one type, parsed from a URL or a `key=value` string, filled from
+//! the PG* environment variables and then libpq's defaults, as `psql` would.
+
+use super::error::Error;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// libpq's `sslmode`. Unix-socket connections never use TLS, whatever the mode (libpq too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP only.
+    Disable,
+    /// TLS if the server offers it, else plain. Not verified unless a root certificate is
+    /// available (`sslrootcert` or `~/.postgresql/root.crt`): then the chain is verified.
+    Prefer,
+    /// TLS or fail. Verification as for `Prefer`.
+    Require,
+    /// TLS, certificate chain verified against `sslrootcert`; the host name is not checked.
+    VerifyCa,
+    /// TLS, chain verified and the certificate must name the host (DNS or IP SAN).
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<SslMode, Error> {
+        match value {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(Error::Config(format!(
+                "invalid sslmode {other:?}: use disable, prefer, require, verify-ca or verify-full"
+            ))),
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// The connection settings of one database, with libpq's key names. A field left `None` is
+/// filled by [`ConnInfo::with_env`]; the pool fills any gap left then with libpq's defaults.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// `host`: a host name, an IP address, or a Unix-socket directory (starts with `/`).
+    pub host: Option<String>,
+    /// `port`: also names the Unix socket file `<host>/.s.PGSQL.<port>`.
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Never shown by `Debug`, `Display` or any error.
+    pub password: Option<String>,
+    pub dbname: Option<String>,
+    pub sslmode: Option<SslMode>,
+    /// `sslrootcert`: PEM file of the CA(s) that may sign the server's certificate.
+    pub sslrootcert: Option<String>,
+    pub application_name: Option<String>,
+    /// `connect_timeout` in seconds, as libpq; the pool's own `connect_timeout` applies when absent.
+    pub connect_timeout: Option<Duration>,
+    /// `options`: command-line options sent to the server at startup (`-c name=value`).
+    pub options: Option<String>,
+}
+
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("PGHOST", "host"),
+    ("PGPORT", "port"),
+    ("PGUSER", "user"),
+    ("PGDATABASE", "dbname"),
+    ("PGPASSWORD", "password"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGAPPNAME", "application_name"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+];
+
+impl ConnInfo {
+    /// Parses a libpq URL (`postgres://` or `postgresql://`) or a `key=value` string.
+    /// Errors name the bad key (and never repeat a password).
+    pub fn parse(s: &str) -> Result<ConnInfo, Error> {
+        let trimmed = s.trim();
+        let mut info = ConnInfo::default();
+        if let Some(rest) = trimmed
+            .strip_prefix("postgresql://")
+            .or_else(|| trimmed.strip_prefix("postgres://"))
+        {
+            info.parse_url(rest)?;
+        } else {
+            for (key, value) in parse_key_values(trimmed)? {
+                info.set(&key, value)?;
+            }
+        }
+        Ok(info)
+    }
+
+    /// Fills what the string left out from the PG* variables (looked up through `lookup`, so
+    /// tests need not touch the process environment), then from libpq's defaults: a Unix
+    /// socket in `/var/run/postgresql` if it exists else `/tmp`, port 5432, the OS user, a
+    /// database named like the user, sslmode prefer. An unparsable variable is ignored
+    /// (libpq would fail the connection; a worker should rather use the default).
+    pub fn with_env(mut self, lookup: impl Fn(&str) -> Option<String>) -> ConnInfo {
+        for (variable, key) in ENV_KEYS {
+            if self.is_set(key) {
+                continue;
+            }
+            if let Some(value) = lookup(variable).filter(|v| !v.is_empty()) {
+                if self.set(key, value).is_err() {
+                    log::warn!(target: "forkpool::pool", "ignoring unusable {variable}");
+                }
+            }
+        }
+        self.fill_defaults();
+        self
+    }
+
+    /// Reads the password from the first line of `path` (trimmed). It replaces any password
+    /// given in the string: a password file is the deliberate way to keep it out of config.
+    pub fn with_password_file(mut self, path: &Path) -> Result<ConnInfo, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read password_file {}: {e}", path.display()))
+        })?;
+        let first_line = text.lines().next().unwrap_or("").trim();
+        if first_line.is_empty() {
+            return Err(Error::Config(format!(
+                "password_file {} is empty: put the password on its first line",
+                path.display()
+            )));
+        }
+        self.password = Some(first_line.to_string());
+        Ok(self)
+    }
+
+    /// The host, or libpq's default socket directory.
+    pub(crate) fn fill_defaults(&mut self) {
+        if self.host.is_none() {
+            let dir = if Path::new("/var/run/postgresql").is_dir() {
+                "/var/run/postgresql"
+            } else {
+                "/tmp"
+            };
+            self.host = Some(dir.to_string());
+        }
+        self.port.get_or_insert(5432);
+        if self.user.is_none() {
+            self.user = os_user();
+        }
+        if self.dbname.is_none() {
+            self.dbname = self.user.clone();
+        }
+        self.sslmode.get_or_insert(SslMode::Prefer);
+    }
+
+    /// True when `host` names a Unix-socket directory rather than a TCP host.
+    pub(crate) fn is_unix_socket(&self) -> bool {
+        self.host.as_deref().is_some_and(|h| h.starts_with('/'))
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        match key {
+            "host" => self.host.is_some(),
+            "port" => self.port.is_some(),
+            "user" => self.user.is_some(),
+            "password" => self.password.is_some(),
+            "dbname" => self.dbname.is_some(),
+            "sslmode" => self.sslmode.is_some(),
+            "sslrootcert" => self.sslrootcert.is_some(),
+            "application_name" => self.application_name.is_some(),
+            "connect_timeout" => self.connect_timeout.is_some(),
+            "options" => self.options.is_some(),
+            _ => false,
+        }
+    }
+
+    fn set(&mut self, key: &str, value: String) -> Result<(), Error> {
+        match key {
+            "host" => self.host = Some(value),
+            "port" => {
+                self.port = Some(value.parse().map_err(|_| {
+                    Error::Config(format!("invalid port {value:?}: expected a number 1-65535"))
+                })?)
+            }
+            "user" => self.user = Some(value),
+            "password" => self.password = Some(value),
+            "dbname" => self.dbname = Some(value),
+            "sslmode" => self.sslmode = Some(SslMode::parse(&value)?),
+            "sslrootcert" => self.sslrootcert = Some(value),
+            "application_name" => self.application_name = Some(value),
+            "connect_timeout" => {
+                let seconds: u64 = value.parse().map_err(|_| {
+                    Error::Config(format!(
+                        "invalid connect_timeout {value:?}: expected whole seconds"
+                    ))
+                })?;
+                self.connect_timeout = Some(Duration::from_secs(seconds));
+            }
+            "options" => self.options = Some(value),
+            other => {
+                return Err(Error::Config(format!(
+                    "unsupported connection option {other:?}: use host, port, user, password, \
+                     dbname, sslmode, sslrootcert, application_name, connect_timeout or options"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `[user[:password]@][host][:port][/dbname][?key=value&...]`, percent-encoded.
+    fn parse_url(&mut self, rest: &str) -> Result<(), Error> {
+        let (before_query, query) = match rest.split_once('?') {
+            Some((before, query)) => (before, Some(query)),
+            None => (rest, None),
+        };
+        let (authority, path) = match before_query.split_once('/') {
+            Some((authority, path)) => (authority, Some(path)),
+            None => (before_query, None),
+        };
+        let host_port = match authority.rsplit_once('@') {
+            Some((credentials, host_port)) => {
+                match credentials.split_once(':') {
+                    Some((user, password)) => {
+                        self.set_nonempty("user", percent_decode(user, "user")?)?;
+                        self.password = Some(percent_decode(password, "password")?);
+                    }
+                    None => self.set_nonempty("user", percent_decode(credentials, "user")?)?,
+                }
+                host_port
+            }
+            None => authority,
+        };
+        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').ok_or_else(|| {
+                Error::Config("invalid host in URL: an IPv6 address needs a closing ']'".into())
+            })?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match host_port.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
+        };
+        if host.contains(',') {
+            return Err(Error::Config(
+                "invalid host in URL: several hosts are not supported; name one".into(),
+            ));
+        }
+        self.set_nonempty("host", percent_decode(host, "host")?)?;
+        if let Some(port) = port.filter(|p| !p.is_empty()) {
+            self.set("port", port.to_string())?;
+        }
+        if let Some(dbname) = path {
+            self.set_nonempty("dbname", percent_decode(dbname, "dbname")?)?;
+        }
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                Error::Config(format!(
+                    "invalid URL parameter {pair:?}: expected key=value"
+                ))
+            })?;
+            let key = percent_decode(key, "a parameter name")?;
+            let value = percent_decode(value, &key)?;
+            self.set(&key, value)?;
+        }
+        Ok(())
+    }
+
+    fn set_nonempty(&mut self, key: &str, value: String) -> Result<(), Error> {
+        if value.is_empty() {
+            return Ok(());
+        }
+        self.set(key, value)
+    }
+}
+
+/// libpq's key=value syntax: `key = value` pairs separated by whitespace; a value may be
+/// single-quoted, with `\'` and `\\` escapes inside.
+fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(Error::Config(format!(
+                "missing \"=\" after {key:?} in connection string"
+            )));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                    None => {
+                        return Err(Error::Config(format!(
+                            "unterminated quoted value for {key:?} in connection string"
+                        )))
+                    }
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+fn percent_decode(text: &str, what: &str) -> Result<String, Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let byte = hex.ok_or_else(|| {
+                Error::Config(format!("invalid percent-encoding in the URL's {what}"))
+            })?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| Error::Config(format!("the URL's {what} is not valid UTF-8")))
+}
+
+fn os_user() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+/// Quotes a value for libpq's key=value syntax when it needs it.
+fn quote(value: &str) -> String {
+    if !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']) {
+        return value.to_string();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A libpq key=value string with the password masked, so it can go in a log line.
+impl fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        let mut push = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                parts.push(format!("{key}={}", quote(&value)));
+            }
+        };
+        push("host", self.host.clone());
+        push("port", self.port.map(|p| p.to_string()));
+        push("user", self.user.clone());
+        push(
+            "password",
+            self.password.as_ref().map(|_| "********".into()),
+        );
+        push("dbname", self.dbname.clone());
+        push("sslmode", self.sslmode.map(|m| m.as_str().into()));
+        push("sslrootcert", self.sslrootcert.clone());
+        push("application_name", self.application_name.clone());
+        push(
+            "connect_timeout",
+            self.connect_timeout.map(|d| d.as_secs().to_string()),
+        );
+        push("options", self.options.clone());
+        f.write_str(&parts.join(" "))
+    }
+}
+
+impl fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnInfo({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_string_with_quotes_and_spaces() {
+        let info = ConnInfo::parse(
+            "host=db.example port = 6543 user=app password='it''s \\'secret\\'' dbname=main sslmode=verify-full",
+        );
+        // libpq has no '' escape: the quoted value ends at the second quote.
+        assert!(info.is_err());
+        let info = ConnInfo::parse(
+            "host=db.example port = 6543 user=app password='s p\\'c' dbname=main sslmode=verify-full",
+        )
+        .unwrap();
+        assert_eq!(info.host.as_deref(), Some("db.example"));
+        assert_eq!(info.port, Some(6543));
+        assert_eq!(info.password.as_deref(), Some("s p'c"));
+        assert_eq!(info.sslmode, Some(SslMode::VerifyFull));
+    }
+
+    #[test]
+    fn url_with_everything() {
+        let info = ConnInfo::parse(
+            "postgresql://app:p%40ss@[::1]:5433/main?sslmode=require&application_name=x&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(info.user.as_deref(), Some("app"));
+        assert_eq!(info.password.as_deref(), Some("p@ss"));
+        assert_eq!(info.host.as_deref(), Some("::1"));
+        assert_eq!(info.port, Some(5433));
+        assert_eq!(info.dbname.as_deref(), Some("main"));
+        assert_eq!(info.sslmode, Some(SslMode::Require));
+        assert_eq!(info.application_name.as_deref(), Some("x"));
+        assert_eq!(info.connect_timeout, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn url_with_socket_directory_host() {
+        let info = ConnInfo::parse("postgres://%2Fvar%2Frun%2Fpostgresql/app").unwrap();
+        assert_eq!(info.host.as_deref(), Some("/var/run/postgresql"));
+        assert!(info.is_unix_socket());
+        let info = ConnInfo::parse("postgres:///app?host=/tmp&port=5499").unwrap();
+        assert_eq!(info.host.as_deref(), Some("/tmp"));
+        assert_eq!(info.port, Some(5499));
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let error = ConnInfo::parse("host=x sslcompression=1").unwrap_err();
+        assert!(error.to_string().contains("\"sslcompression\""), "{error}");
+        let error = ConnInfo::parse("port=abc").unwrap_err();
+        assert!(error.to_string().contains("port"), "{error}");
+        let error = ConnInfo::parse("postgres://h/db?sslmode=sometimes").unwrap_err();
+        assert!(error.to_string().contains("sslmode"), "{error}");
+        let error = ConnInfo::parse("host").unwrap_err();
+        assert!(error.to_string().contains("\"host\""), "{error}");
+    }
+
+    #[test]
+    fn env_fills_only_what_the_string_left_out_then_defaults() {
+        let env = |name: &str| match name {
+            "PGHOST" => Some("envhost".to_string()),
+            "PGPORT" => Some("7000".to_string()),
+            "PGUSER" => Some("envuser".to_string()),
+            "PGPASSWORD" => Some("envpass".to_string()),
+            "PGSSLMODE" => Some("verify-ca".to_string()),
+            "PGCONNECT_TIMEOUT" => Some("9".to_string()),
+            _ => None,
+        };
+        let info = ConnInfo::parse("host=given").unwrap().with_env(env);
+        assert_eq!(info.host.as_deref(), Some("given"));
+        assert_eq!(info.port, Some(7000));
+        assert_eq!(info.user.as_deref(), Some("envuser"));
+        assert_eq!(
+            info.dbname.as_deref(),
+            Some("envuser"),
+            "dbname defaults to the user"
+        );
+        assert_eq!(info.password.as_deref(), Some("envpass"));
+        assert_eq!(info.sslmode, Some(SslMode::VerifyCa));
+        assert_eq!(info.connect_timeout, Some(Duration::from_secs(9)));
+
+        let info = ConnInfo::default().with_env(|_| None);
+        assert!(info.is_unix_socket());
+        assert_eq!(info.port, Some(5432));
+        assert_eq!(info.sslmode, Some(SslMode::Prefer));
+        assert!(info.user.is_some());
+    }
+
+    #[test]
+    fn password_file_first_line_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "  s3cret \nsecond line\n").unwrap();
+        let info = ConnInfo::parse("host=h password=old")
+            .unwrap()
+            .with_password_file(&path)
+            .unwrap();
+        assert_eq!(info.password.as_deref(), Some("s3cret"));
+        let missing = ConnInfo::default().with_password_file(&dir.path().join("none"));
+        assert!(missing.unwrap_err().to_string().contains("password_file"));
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_password() {
+        let info = ConnInfo::parse("postgres://app:hunter2-xyz@db/main").unwrap();
+        for text in [format!("{info}"), format!("{info:?}"), format!("{info:#?}")] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("password=********"), "{text}");
+        }
+        let reparsed = ConnInfo::parse(&info.to_string()).unwrap();
+        assert_eq!(reparsed.host, info.host);
+    }
+}

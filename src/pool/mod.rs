@@ -1,0 +1,23 @@
+//! The fork-safe connection pool every worker owns (one per database per process).
+//!
+//! Build a [`Pool`] (it opens nothing), then [`Pool::checkout`] a [`PooledConnection`] per
+//! job; dropping it gives the connection back, reset. A pool used in a process other than
+//! the one that opened its connections (after `fork()`) forgets them without writing a byte
+//! to their sockets and starts afresh.
+
+mod budget;
+mod connection;
+mod conninfo;
+mod error;
+#[allow(clippy::module_inception)]
+mod pool;
+mod settings;
+mod stats;
+mod tls;
+
+pub use budget::check_connection_budget;
+pub use conninfo::{ConnInfo, SslMode};
+pub use error::{DbError, Error};
+pub use pool::{Pool, PooledConnection};
+pub use settings::{PoolSettings, ResetOnReturn};
+pub use stats::PoolStats;
