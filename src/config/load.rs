@@ -1,0 +1,462 @@
+//! Applying the layers to the defaults key by key, then the checks that span keys, collecting
+//! every problem instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use figment::value::Value;
+
+use super::layers::{self, Origin, Setting};
+use super::values;
+use super::{Config, ConfigErrors, DatabaseConfig, ServiceConfig, WorkersConfig};
+
+/// How the file path was chosen, so "no config file" can say what to change.
+#[derive(Debug, Clone, Copy)]
+pub enum FoundBy {
+    Flag,
+    EnvVar,
+    Default,
+    Caller,
+}
+
+const SECTIONS: &[&str] = &["service", "workers", "databases"];
+
+const SERVICE_KEYS: &[&str] = &[
+    "socket",
+    "socket_mode",
+    "allowed_uids",
+    "queue_limit",
+    "max_request_bytes",
+    "shutdown_timeout",
+    "catalog",
+];
+
+const WORKERS_KEYS: &[&str] = &[
+    "count",
+    "max",
+    "threads",
+    "job_timeout",
+    "max_jobs",
+    "max_jobs_jitter",
+    "max_rss",
+    "idle_timeout",
+    "min_lifetime",
+    "boot_timeout",
+    "restart_backoff_max",
+    "give_up_after",
+];
+
+const DATABASE_KEYS: &[&str] = &[
+    "url",
+    "password_file",
+    "pool_size",
+    "min_idle",
+    "checkout_timeout",
+    "connect_timeout",
+    "pre_ping",
+    "ping_after",
+    "max_lifetime",
+    "lifetime_jitter",
+    "idle_timeout",
+    "reset_on_return",
+    "leak_threshold",
+    "statement_timeout",
+    "application_name",
+    "max_connections_budget",
+];
+
+/// Smallest `max_request_bytes` that still fits an ordinary request with its arguments.
+const MIN_REQUEST_BYTES: usize = 1024;
+
+/// Defaults, then the file, then the environment; then the cross-key checks.
+pub fn load(
+    file: &Path,
+    found_by: FoundBy,
+    env: &[(String, String)],
+) -> Result<Config, ConfigErrors> {
+    let mut loader = Loader::new(file);
+    match std::fs::read_to_string(file) {
+        Ok(text) => match layers::from_toml(&text, key_depth) {
+            Ok(settings) => settings.into_iter().for_each(|s| loader.apply(s)),
+            Err(syntax) => loader.problem(&Origin::File, &syntax),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let hint = match found_by {
+                FoundBy::Flag => " (given by --config)",
+                FoundBy::EnvVar => " (named by FORKPOOL_CONFIG)",
+                FoundBy::Default => " (set --config or FORKPOOL_CONFIG)",
+                FoundBy::Caller => "",
+            };
+            loader
+                .problems
+                .push(format!("no config file at {}{hint}", file.display()));
+        }
+        Err(e) => loader.problem(&Origin::File, &format!("cannot read it: {e}")),
+    }
+    layers::from_env(env)
+        .into_iter()
+        .for_each(|s| loader.apply(s));
+    loader.finish()
+}
+
+/// How many levels a section's keys have: `databases.NAME.key`, `section.key`, and an
+/// unknown section stops at its own name so it is reported once.
+fn key_depth(section: &str) -> usize {
+    match section {
+        "databases" => 3,
+        s if SECTIONS.contains(&s) => 2,
+        _ => 1,
+    }
+}
+
+/// Why one setting could not be applied.
+enum Fault {
+    /// No such key; the closest known name, if one is close.
+    Unknown(Option<&'static str>),
+    /// The key exists; the value is wrong for the reason given.
+    Bad(String),
+}
+
+impl From<String> for Fault {
+    fn from(reason: String) -> Self {
+        Fault::Bad(reason)
+    }
+}
+
+/// The configuration being built, with what is needed to report on it.
+struct Loader {
+    /// The file as named, for prefixing messages.
+    file: PathBuf,
+    service: ServiceConfig,
+    workers: WorkersConfig,
+    databases: BTreeMap<String, DatabaseConfig>,
+    /// Where each key's current value came from, for the cross-key messages.
+    origins: HashMap<String, Origin>,
+    /// Keys whose value was wrong: cross-key checks skip them rather than report twice.
+    failed: HashSet<String>,
+    problems: Vec<String>,
+}
+
+impl Loader {
+    fn new(file: &Path) -> Self {
+        Loader {
+            file: file.to_path_buf(),
+            service: ServiceConfig::default(),
+            workers: WorkersConfig::default(),
+            databases: BTreeMap::new(),
+            origins: HashMap::new(),
+            failed: HashSet::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Records a problem, prefixed with the file or the environment variable it came from.
+    fn problem(&mut self, origin: &Origin, message: &str) {
+        self.problems.push(match origin {
+            Origin::File => format!("{}: {message}", self.file.display()),
+            Origin::Env(var) => format!("env {var}: {message}"),
+        });
+    }
+
+    fn apply(&mut self, setting: Setting) {
+        let Setting {
+            path,
+            value,
+            origin,
+        } = setting;
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        let result = match path.as_slice() {
+            [section] if SECTIONS.contains(section) => expect_table(&value),
+            ["service", key] => set_service(&mut self.service, key, &value),
+            ["workers", key] => set_workers(&mut self.workers, key, &value),
+            ["databases", name] => expect_table(&value).inspect(|()| {
+                self.databases.entry(name.to_string()).or_default();
+            }),
+            ["databases", name, key] => set_database(
+                self.databases.entry(name.to_string()).or_default(),
+                key,
+                &value,
+            ),
+            [section, ..] if !SECTIONS.contains(section) => {
+                Err(Fault::Unknown(closest(section, SECTIONS)))
+            }
+            _ => Err(Fault::Unknown(None)),
+        };
+        // An unknown section is named alone: its keys are not the mistake.
+        let key = match path.first() {
+            Some(section) if !SECTIONS.contains(section) => section.to_string(),
+            _ => path.join("."),
+        };
+        match result {
+            Ok(()) => {
+                self.failed.remove(&key);
+                self.origins.insert(key, origin);
+            }
+            Err(fault) => {
+                let message = match fault {
+                    Fault::Unknown(hint) => format!("{key}: unknown key{}", did_you_mean(hint)),
+                    Fault::Bad(reason) => format!("{key} = {}: {reason}", values::show(&value)),
+                };
+                self.problem(&origin, &message);
+                self.failed.insert(key);
+            }
+        }
+    }
+
+    /// A check across keys, skipped when one of them was already reported as wrong; the
+    /// message is prefixed with where `key` came from.
+    fn check(&mut self, holds: bool, key: &str, others: &[&str], message: impl FnOnce() -> String) {
+        let already_reported = std::iter::once(&key)
+            .chain(others)
+            .any(|k| self.failed.contains(*k));
+        if !holds && !already_reported {
+            let origin = self.origins.get(key).cloned().unwrap_or(Origin::File);
+            self.problem(&origin, &message());
+        }
+    }
+
+    fn check_workers(&mut self) {
+        let w = self.workers.clone();
+        self.check(w.count >= 1, "workers.count", &[], || {
+            "workers.count = 0: at least one worker is needed".to_string()
+        });
+        self.check(w.max >= w.count, "workers.max", &["workers.count"], || {
+            format!(
+                "workers.max = {} is below workers.count = {} (max is the ceiling, count the floor)",
+                w.max, w.count
+            )
+        });
+        self.check(w.threads >= 1, "workers.threads", &[], || {
+            "workers.threads = 0: a worker needs at least one thread to run jobs".to_string()
+        });
+    }
+
+    fn check_service(&mut self) {
+        let s = self.service.clone();
+        self.check(s.queue_limit >= 1, "service.queue_limit", &[], || {
+            "service.queue_limit = 0: the queue must hold at least one job".to_string()
+        });
+        self.check(
+            s.max_request_bytes >= MIN_REQUEST_BYTES,
+            "service.max_request_bytes",
+            &[],
+            || {
+                format!(
+                    "service.max_request_bytes = {}: too small for a request, use at least {MIN_REQUEST_BYTES}",
+                    s.max_request_bytes
+                )
+            },
+        );
+    }
+
+    /// Fills `pool_size = 0` from `workers.threads`, then checks `min_idle` against it.
+    fn check_databases(&mut self) {
+        let threads = self.workers.threads;
+        let mut databases = std::mem::take(&mut self.databases);
+        for (name, db) in &mut databases {
+            if db.pool_size == 0 {
+                db.pool_size = threads;
+            }
+            let min_idle = format!("databases.{name}.min_idle");
+            let pool_size = format!("databases.{name}.pool_size");
+            self.check(
+                db.min_idle <= db.pool_size,
+                &min_idle,
+                &[&pool_size, "workers.threads"],
+                || {
+                    format!(
+                        "{min_idle} = {} is above the pool size {} (pool_size 0 means workers.threads)",
+                        db.min_idle, db.pool_size
+                    )
+                },
+            );
+        }
+        self.databases = databases;
+    }
+
+    /// Makes relative paths relative to the file's directory, so every command given the
+    /// same file agrees on the socket and the catalog whatever its working directory. The
+    /// directory is canonicalized (`..` and symlinked directories resolved by the system);
+    /// the file name is kept, so a symlinked config file is still reloaded through its link.
+    fn resolve_paths(&mut self) -> PathBuf {
+        let file = match std::path::absolute(&self.file) {
+            Ok(file) => file,
+            Err(e) => {
+                self.problem(
+                    &Origin::File,
+                    &format!("cannot make the path absolute: {e}"),
+                );
+                return self.file.clone();
+            }
+        };
+        let (Some(parent), Some(name)) = (file.parent(), file.file_name()) else {
+            return file;
+        };
+        let dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        self.service.socket = dir.join(&self.service.socket);
+        self.service.catalog = dir.join(&self.service.catalog);
+        for db in self.databases.values_mut() {
+            db.password_file = db.password_file.as_ref().map(|p| dir.join(p));
+        }
+        dir.join(name)
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigErrors> {
+        self.check_service();
+        self.check_workers();
+        self.check_databases();
+        let file = self.resolve_paths();
+        let config = Config {
+            file,
+            service: self.service,
+            workers: self.workers,
+            databases: self.databases,
+        };
+        if !self.problems.is_empty() {
+            return Err(ConfigErrors {
+                file: self.file,
+                problems: self.problems,
+                best_effort: Box::new(config),
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn expect_table(value: &Value) -> Result<(), Fault> {
+    match value {
+        Value::Dict(..) => Ok(()),
+        _ => Err(Fault::Bad("expected a table".to_string())),
+    }
+}
+
+fn set_service(s: &mut ServiceConfig, key: &str, v: &Value) -> Result<(), Fault> {
+    match key {
+        "socket" => s.socket = values::path(v)?,
+        "socket_mode" => s.socket_mode = values::octal_mode(v)?,
+        "allowed_uids" => s.allowed_uids = values::uid_list(v)?,
+        "queue_limit" => s.queue_limit = values::whole_number(v)?,
+        "max_request_bytes" => s.max_request_bytes = values::whole_number(v)?,
+        "shutdown_timeout" => s.shutdown_timeout = values::duration(v)?,
+        "catalog" => s.catalog = values::path(v)?,
+        _ => return Err(Fault::Unknown(closest(key, SERVICE_KEYS))),
+    }
+    Ok(())
+}
+
+fn set_workers(w: &mut WorkersConfig, key: &str, v: &Value) -> Result<(), Fault> {
+    match key {
+        "count" => w.count = values::whole_number(v)?,
+        "max" => w.max = values::whole_number(v)?,
+        "threads" => w.threads = values::whole_number(v)?,
+        "job_timeout" => w.job_timeout = values::duration(v)?,
+        "max_jobs" => w.max_jobs = values::whole_number(v)?,
+        "max_jobs_jitter" => w.max_jobs_jitter = values::whole_number(v)?,
+        "max_rss" => w.max_rss = values::size(v)?,
+        "idle_timeout" => w.idle_timeout = values::optional_duration(v)?,
+        "min_lifetime" => w.min_lifetime = values::duration(v)?,
+        "boot_timeout" => w.boot_timeout = values::duration(v)?,
+        "restart_backoff_max" => w.restart_backoff_max = values::duration(v)?,
+        "give_up_after" => w.give_up_after = values::whole_number(v)?,
+        _ => return Err(Fault::Unknown(closest(key, WORKERS_KEYS))),
+    }
+    Ok(())
+}
+
+fn set_database(d: &mut DatabaseConfig, key: &str, v: &Value) -> Result<(), Fault> {
+    match key {
+        "url" => d.url = values::text(v)?,
+        "password_file" => d.password_file = values::optional_path(v)?,
+        "pool_size" => d.pool_size = values::whole_number(v)?,
+        "min_idle" => d.min_idle = values::whole_number(v)?,
+        "checkout_timeout" => d.checkout_timeout = values::duration(v)?,
+        "connect_timeout" => d.connect_timeout = values::duration(v)?,
+        "pre_ping" => d.pre_ping = values::boolean(v)?,
+        "ping_after" => d.ping_after = values::duration(v)?,
+        "max_lifetime" => d.max_lifetime = values::optional_duration(v)?,
+        "lifetime_jitter" => d.lifetime_jitter = values::duration(v)?,
+        "idle_timeout" => d.idle_timeout = values::optional_duration(v)?,
+        "reset_on_return" => d.reset_on_return = values::reset_on_return(v)?,
+        "leak_threshold" => d.leak_threshold = values::optional_duration(v)?,
+        "statement_timeout" => d.statement_timeout = values::optional_duration(v)?,
+        "application_name" => d.application_name = values::text(v)?,
+        "max_connections_budget" => d.max_connections_budget = values::whole_number(v)?,
+        _ => return Err(Fault::Unknown(closest(key, DATABASE_KEYS))),
+    }
+    Ok(())
+}
+
+fn did_you_mean(hint: Option<&str>) -> String {
+    hint.map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+/// The known name closest to a misspelt one, if it is close enough to be a typo (at most
+/// two edits, transpositions counting as one).
+fn closest(typo: &str, known: &[&'static str]) -> Option<&'static str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(typo, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Optimal string alignment distance: Levenshtein plus adjacent transpositions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// config/forkpool.toml documents every key: none missing, none the loader lacks.
+    #[test]
+    fn shipped_file_lists_every_known_key() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/forkpool.toml");
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut found: Vec<String> = layers::from_toml(&text, key_depth)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.path.join("."))
+            .collect();
+        found.sort();
+        let mut known: Vec<String> = SERVICE_KEYS
+            .iter()
+            .map(|k| format!("service.{k}"))
+            .chain(WORKERS_KEYS.iter().map(|k| format!("workers.{k}")))
+            .chain(DATABASE_KEYS.iter().map(|k| format!("databases.main.{k}")))
+            .collect();
+        known.sort();
+        assert_eq!(found, known);
+    }
+
+    #[test]
+    fn a_typo_suggests_the_closest_key() {
+        assert_eq!(closest("cuont", WORKERS_KEYS), Some("count"));
+        assert_eq!(closest("thread", WORKERS_KEYS), Some("threads"));
+        assert_eq!(closest("poolsize", DATABASE_KEYS), Some("pool_size"));
+        assert_eq!(closest("colour", WORKERS_KEYS), None);
+    }
+}

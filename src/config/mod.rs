@@ -1,0 +1,257 @@
+//! The service configuration: where it is found, its keys and defaults, and how it is loaded.
+//!
+//! Three layers, later ones winning: the defaults below (the `Default` impls, the one place
+//! they live), the TOML file, then `FORKPOOL_SECTION__KEY` environment variables. Loading
+//! never stops at the first mistake: a person fixing a config file wants the whole list at
+//! once, so every layer is walked key by key and every problem is collected.
+
+mod layers;
+mod load;
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::pool::ResetOnReturn;
+
+/// Where the configuration is looked for when neither `--config` nor `$FORKPOOL_CONFIG`
+/// names a file (relative to the current directory).
+pub const DEFAULT_CONFIG_PATH: &str = "config/forkpool.toml";
+
+/// The environment variable that names the configuration file (after `--config`).
+pub const CONFIG_PATH_VAR: &str = "FORKPOOL_CONFIG";
+
+/// The whole configuration, with relative paths already resolved against the file's
+/// directory and `pool_size = 0` already replaced by `workers.threads`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file that was loaded (absolute), so a reload reads the same one.
+    pub file: PathBuf,
+    pub service: ServiceConfig,
+    pub workers: WorkersConfig,
+    /// One pool per entry, per worker. `main` is only a convention: a job names its database.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// `[service]`: the socket clients talk to and the master's limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The Unix socket to create; absolute after loading. A socket passed by systemd is used
+    /// instead.
+    pub socket: PathBuf,
+    /// Permission bits of the created socket, written as an octal string (`"0660"`).
+    pub socket_mode: u32,
+    /// Peer uids allowed to submit; empty means whoever can open the socket file.
+    pub allowed_uids: Vec<u32>,
+    /// Jobs the master holds waiting for a worker before answering `queue_full`.
+    pub queue_limit: usize,
+    /// A request line longer than this is answered `too_large` and the connection closed.
+    pub max_request_bytes: usize,
+    /// How long a graceful stop (TERM) lets queued and running jobs finish.
+    pub shutdown_timeout: Duration,
+    /// The directory of job files; absolute after loading.
+    pub catalog: PathBuf,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            // Next to the config file, so `run` and `submit` given the same file agree.
+            socket: PathBuf::from("forkpool.sock"),
+            // Owner and group: clients join the service's group instead of the world.
+            socket_mode: 0o660,
+            // The file mode is the access control unless a list is given.
+            allowed_uids: Vec::new(),
+            // Large enough to absorb a burst, small enough that memory stays bounded.
+            queue_limit: 10_000,
+            // 1 MiB: far more than any sane argument object, far less than a runaway client.
+            max_request_bytes: 1_048_576,
+            // gunicorn's graceful_timeout; longer than most jobs.
+            shutdown_timeout: Duration::from_secs(30),
+            // `config/../workers`: the repository layout puts job files beside `config/`.
+            catalog: PathBuf::from("../workers"),
+        }
+    }
+}
+
+/// `[workers]`: how many processes run jobs, and when they are recycled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkersConfig {
+    /// Workers started at boot, and the floor.
+    pub count: usize,
+    /// Ceiling for SIGTTIN and for growth under load.
+    pub max: usize,
+    /// Jobs one worker runs at once.
+    pub threads: usize,
+    /// Default job timeout; a job file may set its own.
+    pub job_timeout: Duration,
+    /// Recycle a worker after this many jobs (0: never) ...
+    pub max_jobs: u64,
+    /// ... plus a random 0..jitter, so workers do not recycle together.
+    pub max_jobs_jitter: u64,
+    /// Recycle a worker whose resident memory passes this many bytes (0: never).
+    pub max_rss: u64,
+    /// Retire workers above `count` that were idle this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// No recycle before this; at most one worker recycles at a time.
+    pub min_lifetime: Duration,
+    /// A worker not ready by then is killed and counted as a crash.
+    pub boot_timeout: Duration,
+    /// Ceiling of the crash-loop restart backoff.
+    pub restart_backoff_max: Duration,
+    /// Consecutive crashes before the master exits non-zero (systemd restarts it).
+    pub give_up_after: u32,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            // A few processes: parallelism on a small machine without crowding the database.
+            count: 4,
+            // Room to grow fourfold before the connection budget becomes the limit.
+            max: 16,
+            // One job per process: the prefork model's isolation, no shared pool contention.
+            threads: 1,
+            // Long enough for reports, short enough that a stuck query frees its worker.
+            job_timeout: Duration::from_secs(60),
+            // Recycling is a remedy for leaks; none are known, so it is off.
+            max_jobs: 0,
+            max_jobs_jitter: 0,
+            max_rss: 0,
+            // Extra workers stay until told otherwise (SIGTTOU), as gunicorn's do.
+            idle_timeout: None,
+            // A crash-looping worker must not be mistaken for a recycled one.
+            min_lifetime: Duration::from_secs(10),
+            // Pools are lazy, so booting is fork + reset: seconds at most.
+            boot_timeout: Duration::from_secs(30),
+            // Restarts back off up to this, so a broken deploy does not spin the CPU.
+            restart_backoff_max: Duration::from_secs(30),
+            // Ten crashes in a row is not transient: let systemd see the failure.
+            give_up_after: 10,
+        }
+    }
+}
+
+/// `[databases.NAME]`: one connection pool per worker for this database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    /// libpq URL or `key=value` string; empty means libpq's defaults (local socket, OS user).
+    pub url: String,
+    /// A file holding the password, read at start and never logged; absolute after loading.
+    pub password_file: Option<PathBuf>,
+    /// Connections per worker; after loading never 0 (0 in the file means `workers.threads`).
+    pub pool_size: usize,
+    /// Idle connections the maintenance tick keeps open.
+    pub min_idle: usize,
+    /// How long a checkout waits for a connection before `db_unavailable`.
+    pub checkout_timeout: Duration,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Ping an idle connection before handing it out.
+    pub pre_ping: bool,
+    /// Skip the ping for connections used more recently than this.
+    pub ping_after: Duration,
+    /// Close connections older than this (`None`: no limit).
+    pub max_lifetime: Option<Duration>,
+    /// Up to this much is taken off each connection's lifetime, so they do not expire together.
+    pub lifetime_jitter: Duration,
+    /// Close connections idle longer than this (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// What checkin does so the next job starts clean.
+    pub reset_on_return: ResetOnReturn,
+    /// Warn about checkouts lasting longer than this (`None`: off).
+    pub leak_threshold: Option<Duration>,
+    /// PostgreSQL's `statement_timeout` for each connection (`None`: the server's setting).
+    pub statement_timeout: Option<Duration>,
+    /// Shown in `pg_stat_activity`, so a DBA can tell forkpool's connections apart.
+    pub application_name: String,
+    /// Refuse to start or scale past `workers.max × pool_size` above this (0: off).
+    pub max_connections_budget: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        let pool = crate::pool::PoolSettings::new();
+        DatabaseConfig {
+            // libpq defaults: pools are lazy, so the service starts even when the database
+            // is down.
+            url: String::new(),
+            password_file: None,
+            // One connection per executor thread: a job never waits for its own worker.
+            pool_size: 0,
+            // Connections open on demand; a warm floor is an opt-in cost on the server.
+            min_idle: 0,
+            // The pool's own defaults, each explained on its setter in src/pool/settings.rs.
+            checkout_timeout: pool.checkout_timeout,
+            connect_timeout: pool.connect_timeout,
+            pre_ping: pool.pre_ping,
+            ping_after: pool.ping_after,
+            max_lifetime: pool.max_lifetime,
+            lifetime_jitter: pool.lifetime_jitter,
+            idle_timeout: pool.idle_timeout,
+            reset_on_return: pool.reset_on_return,
+            leak_threshold: pool.leak_threshold,
+            statement_timeout: pool.statement_timeout,
+            application_name: pool.application_name,
+            max_connections_budget: 0,
+        }
+    }
+}
+
+/// Every problem found while loading, each line already naming where it came from: the
+/// file (`config/forkpool.toml: workers.count = 0: ...`) or the environment variable
+/// (`env FORKPOOL_WORKERS__COUNT = "x": ...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors {
+    /// The configuration file as it was named (by `--config`, `$FORKPOOL_CONFIG` or the
+    /// default path).
+    pub file: PathBuf,
+    /// One line per problem, in the order found.
+    pub problems: Vec<String>,
+    /// The configuration with the defaults in place of every wrong value: enough to find and
+    /// check the job catalog in the same run, so that every problem is reported at once.
+    pub best_effort: Box<Config>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Find the file: `explicit` (`--config`), else `$FORKPOOL_CONFIG`, else
+    /// `config/forkpool.toml` (relative to the current directory). Defaults, then the file,
+    /// then `FORKPOOL_SECTION__KEY` environment variables. Returns every problem at once.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .filter(|(k, _)| k.starts_with(layers::ENV_PREFIX))
+            .collect();
+        let from_var = env
+            .iter()
+            .find(|(k, v)| k == CONFIG_PATH_VAR && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v));
+        let (file, found_by) = match (explicit, from_var) {
+            (Some(path), _) => (path.to_path_buf(), load::FoundBy::Flag),
+            (None, Some(path)) => (path, load::FoundBy::EnvVar),
+            (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), load::FoundBy::Default),
+        };
+        load::load(&file, found_by, &env)
+    }
+
+    /// Same as [`Config::load`], from an explicit file and an explicit environment (only the
+    /// `FORKPOOL_` variables in it are read), so tests do not depend on the process's.
+    pub fn load_from(file: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+        load::load(file, load::FoundBy::Caller, env)
+    }
+}
