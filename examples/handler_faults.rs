@@ -1,0 +1,56 @@
+//! Handlers that go wrong on purpose, for the tests of what forkpool does about it (and for
+//! reading: each shows what a handler may safely get wrong).
+
+use forkpool::handler::{JobContext, JobError};
+use serde_json::{json, Map, Value};
+
+fn note(args: &Map<String, Value>) -> String {
+    args.get("note")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Writes in a transaction, then fails: the transaction is rolled back.
+fn fails_after_insert(
+    ctx: &mut JobContext<'_>,
+    args: &Map<String, Value>,
+) -> Result<Value, JobError> {
+    let note = note(args);
+    ctx.transaction("main", |db| {
+        db.query_sql("INSERT INTO fault_notes (note) VALUES ($1)", &[&note])?;
+        Err(JobError::failed("the external service said no"))
+    })
+}
+
+/// Writes in a transaction, then panics: `internal`, rolled back, the worker carries on.
+fn panics_after_insert(
+    ctx: &mut JobContext<'_>,
+    args: &Map<String, Value>,
+) -> Result<Value, JobError> {
+    let note = note(args);
+    ctx.transaction("main", |db| {
+        db.query_sql("INSERT INTO fault_notes (note) VALUES ($1)", &[&note])?;
+        panic!("a bug in the handler");
+    })
+}
+
+/// Opens a transaction by hand and never ends it: the pool's checkin resets it.
+fn leaves_transaction_open(
+    ctx: &mut JobContext<'_>,
+    args: &Map<String, Value>,
+) -> Result<Value, JobError> {
+    let note = note(args);
+    let db = ctx.db("main")?;
+    db.batch_execute("BEGIN")?;
+    db.query_sql("INSERT INTO fault_notes (note) VALUES ($1)", &[&note])?;
+    Ok(json!({ "left_open": true }))
+}
+
+fn main() {
+    let service = forkpool::Service::new()
+        .handler("fails_after_insert", fails_after_insert)
+        .handler("panics_after_insert", panics_after_insert)
+        .handler("leaves_transaction_open", leaves_transaction_open);
+    std::process::exit(forkpool::cli::main_with(service));
+}

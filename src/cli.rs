@@ -1,0 +1,333 @@
+//! The `forkpool` command line (DESIGN §4).
+//!
+//! Exit codes: 0 success; 1 the job or request failed (the answer says why); 2 bad usage or
+//! configuration; 3 the service could not be reached.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::master::{self, Master};
+use crate::service::Service;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_UNREACHABLE: i32 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "forkpool",
+    version,
+    about = "A prefork job runner for PostgreSQL work"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service in the foreground.
+    Run {
+        /// The configuration file [default: $FORKPOOL_CONFIG, else config/forkpool.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run one job and print the answer as JSON.
+    Submit {
+        #[command(flatten)]
+        target: Target,
+        /// Shorten the job's timeout for this run (never lengthen it).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// The job's name (see `workers/*.toml`).
+        job: String,
+        /// The job's arguments as a JSON object, e.g. '{"a": 1, "b": 2}'.
+        args: Option<String>,
+    },
+    /// Show workers, queue and pools.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the status as JSON.
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print the status as Prometheus text exposition (for a textfile collector).
+        #[arg(long)]
+        prometheus: bool,
+    },
+    /// Load the service with one job from many clients: jobs/s and latency percentiles.
+    Bench {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        options: crate::bench::BenchOptions,
+    },
+    /// Validate the configuration and the job catalog.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also connect to each database and report its version, TLS and max_connections.
+        #[arg(long)]
+        db: bool,
+    },
+}
+
+/// Where a client command finds the service.
+#[derive(clap::Args)]
+struct Target {
+    /// The service's socket [default: $FORKPOOL_SOCKET, else the configured service.socket].
+    #[arg(long, env = "FORKPOOL_SOCKET")]
+    socket: Option<PathBuf>,
+    /// The configuration whose service.socket to use.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Parses the command line, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    main_with(Service::new())
+}
+
+/// The `forkpool` command line for a program of your own that registers Rust handlers:
+/// `run` serves them next to the job files, `check` checks them too.
+pub fn main_with(service: Service) -> i32 {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run { config } => run(config.as_deref(), &service),
+        Command::Submit {
+            target,
+            timeout_ms,
+            job,
+            args,
+        } => submit(&target, &job, args.as_deref(), timeout_ms),
+        Command::Status {
+            target,
+            json,
+            prometheus,
+        } => status(&target, json, prometheus),
+        Command::Check { config, db } => check(config.as_deref(), db, &service),
+        Command::Bench { target, options } => match socket_path(&target) {
+            Ok(socket) => crate::bench::run(&socket, &options),
+            Err(code) => code,
+        },
+    }
+}
+
+/// Logs go to stderr, one line per event. Under journald (`JOURNAL_STREAM` set, as systemd
+/// does for a service whose stderr is the journal) each line starts with its syslog priority
+/// `<N>` and carries no timestamp: journald parses the one and adds the other. Colour only
+/// when stderr is a terminal, so files and pipes get plain text.
+fn init_logging() {
+    use std::io::IsTerminal;
+    // tokio-postgres logs every server notice at info (a reset's "there is no transaction in
+    // progress" among them); the pool reports what matters under `forkpool::pool`.
+    let mut builder = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,tokio_postgres=warn"),
+    );
+    builder.format_target(false);
+    builder.write_style(if std::io::stderr().is_terminal() {
+        env_logger::WriteStyle::Auto
+    } else {
+        env_logger::WriteStyle::Never
+    });
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format(|out, record| {
+            let message = record.args().to_string().replace('\n', " ");
+            writeln!(out, "<{}>{message}", syslog_priority(record.level()))
+        });
+    }
+    builder.init();
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix (sd-daemon(3)).
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Loads the configuration; on failure prints every problem — the job catalog's too, found
+/// through the configuration's best effort, so one run shows everything to fix.
+fn load_config(path: Option<&Path>) -> Result<Config, i32> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        let config = &errors.best_effort;
+        if let Err(problems) = Catalog::load(&config.service.catalog, config.workers.job_timeout) {
+            for problem in problems {
+                eprintln!("forkpool: {problem}");
+            }
+        }
+        EXIT_USAGE
+    })
+}
+
+/// The configuration, the catalog and the databases, or the exit code after every problem
+/// was printed.
+fn load_everything(
+    config: Option<&Path>,
+    service: &Service,
+) -> Result<(Config, crate::catalog::Catalog, crate::databases::Databases), i32> {
+    master::prepare(load_config(config)?, service.handlers()).map_err(|problems| {
+        for problem in problems {
+            eprintln!("forkpool: {problem}");
+        }
+        EXIT_USAGE
+    })
+}
+
+pub(crate) fn run(config: Option<&Path>, service: &Service) -> i32 {
+    let (config, catalog, databases) = match load_everything(config, service) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    raise_descriptor_limit();
+    let handlers = Arc::new(service.handlers().clone());
+    match Master::start(config, catalog, databases, handlers) {
+        Ok(master) => master.run(),
+        Err(problem) => {
+            eprintln!("forkpool: {problem}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// Every client holds a descriptor in the master; the usual soft limit (1024) would cap the
+/// service near a thousand clients although the hard limit allows far more.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+fn check(config: Option<&Path>, db: bool, service: &Service) -> i32 {
+    let (config, catalog, databases) = match load_everything(config, service) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!("config {}: ok", config.file.display());
+    println!(
+        "catalog {}: {} jobs ({})",
+        config.service.catalog.display(),
+        catalog.names().count(),
+        catalog.names().collect::<Vec<_>>().join(", ")
+    );
+    let mut code = EXIT_OK;
+    for (name, spec) in &databases {
+        println!("database {name}: {}", spec.conninfo);
+        if db {
+            let may_open = config.workers.max * config.databases[name].pool_size;
+            match crate::probe::probe(name, spec, may_open) {
+                Ok(report) => println!("  {report}"),
+                Err(problem) => {
+                    println!("  unreachable: {problem}");
+                    code = EXIT_FAILED;
+                }
+            }
+        }
+    }
+    code
+}
+
+/// The socket a client command talks to.
+fn socket_path(target: &Target) -> Result<PathBuf, i32> {
+    if let Some(socket) = &target.socket {
+        return Ok(socket.clone());
+    }
+    load_config(target.config.as_deref()).map(|config| config.service.socket)
+}
+
+/// Sends one request and reads its answer.
+fn request(target: &Target, request: &Value) -> Result<Value, i32> {
+    let socket = socket_path(target)?;
+    let unreachable = |e: std::io::Error| {
+        eprintln!(
+            "cannot reach forkpool at {}: {e} — is the service running?",
+            socket.display()
+        );
+        EXIT_UNREACHABLE
+    };
+    let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
+    let mut line = request.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(unreachable)?;
+    if answer.is_empty() {
+        eprintln!(
+            "forkpool at {} closed the connection without answering",
+            socket.display()
+        );
+        return Err(EXIT_UNREACHABLE);
+    }
+    serde_json::from_str(&answer).map_err(|e| {
+        eprintln!("forkpool answered something that is not JSON ({e}): {answer}");
+        EXIT_FAILED
+    })
+}
+
+fn submit(target: &Target, job: &str, args: Option<&str>, timeout_ms: Option<u64>) -> i32 {
+    let args: Value = match args.map(serde_json::from_str).transpose() {
+        Ok(Some(args @ Value::Object(_))) => args,
+        Ok(None) => json!({}),
+        Ok(Some(_)) => {
+            eprintln!("ARGS_JSON must be a JSON object, e.g. '{{\"a\": 1}}'");
+            return EXIT_USAGE;
+        }
+        Err(e) => {
+            eprintln!("ARGS_JSON is not JSON: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut body = json!({"id": 1, "op": "run", "job": job, "args": args});
+    if let Some(ms) = timeout_ms {
+        body["timeout_ms"] = json!(ms);
+    }
+    match request(target, &body) {
+        Ok(answer) => {
+            println!("{}", serde_json::to_string_pretty(&answer).expect("JSON"));
+            if answer["ok"] == json!(true) {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            }
+        }
+        Err(code) => code,
+    }
+}
+
+fn status(target: &Target, as_json: bool, as_prometheus: bool) -> i32 {
+    let answer = match request(target, &json!({"id": 1, "op": "status"})) {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    if answer["ok"] != json!(true) {
+        eprintln!("{answer}");
+        return EXIT_FAILED;
+    }
+    let status = &answer["result"];
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(status).expect("JSON"));
+    } else if as_prometheus {
+        print!("{}", crate::status_prometheus::render(status));
+    } else {
+        print!("{}", crate::status_table::render(status));
+    }
+    EXIT_OK
+}

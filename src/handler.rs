@@ -1,0 +1,218 @@
+//! Jobs written in Rust: the [`Handler`] trait and the [`JobContext`] a handler receives.
+//!
+//! A handler runs on a worker's executor thread with the same supervision, pools, timeouts
+//! and protocol as a SQL job. Its connections come from the worker's pools and go back
+//! through the same checkin, so a handler that forgets to commit cannot leak a transaction
+//! to the next job.
+//!
+//! ```no_run
+//! use forkpool::handler::{JobContext, JobError};
+//! use serde_json::{json, Map, Value};
+//!
+//! fn count_items(ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError> {
+//!     let parent = args.get("parent_id").and_then(Value::as_i64)
+//!         .ok_or_else(|| JobError::invalid_args("`parent_id` must be an integer"))?;
+//!     let rows = ctx.db("main")?
+//!         .query_sql("SELECT count(*) FROM items WHERE parent_id = $1", &[&parent])?;
+//!     Ok(json!({ "count": rows[0].get::<_, i64>(0) }))
+//! }
+//!
+//! fn main() {
+//!     let service = forkpool::Service::new().handler("count_items", count_items);
+//!     std::process::exit(forkpool::cli::main_with(service));
+//! }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+pub use crate::pool::PooledConnection;
+use crate::protocol::{ErrorBody, ErrorKind};
+use crate::worker::{pool_error_body, Pools};
+
+/// A job written in Rust. Handlers are shared by a worker's executor threads, hence `Sync`;
+/// they are synchronous, and should watch [`JobContext::deadline`] in long loops.
+pub trait Handler: Send + Sync + 'static {
+    /// Runs the job: `args` is the request's `args` object, unchecked (a handler validates
+    /// its own arguments and answers [`JobError::invalid_args`]). The returned value is the
+    /// answer's `result.value`.
+    fn run(&self, ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&mut JobContext<'_>, &Map<String, Value>) -> Result<Value, JobError>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn run(&self, ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError> {
+        self(ctx, args)
+    }
+}
+
+/// A registered handler as the catalog holds it: compared by identity, printed by name.
+#[derive(Clone)]
+pub struct HandlerRef(pub Arc<dyn Handler>);
+
+impl fmt::Debug for HandlerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandlerRef(..)")
+    }
+}
+
+impl PartialEq for HandlerRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// How a handler job is listed and run, like the keys of a job file. The defaults: no
+/// description, `workers.job_timeout`, no retry.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerOptions {
+    /// Shown by the `jobs` op.
+    pub description: String,
+    /// The timeout; `None` takes `workers.job_timeout`.
+    pub timeout: Option<Duration>,
+    /// Safe to run twice: re-run once on another worker if its worker dies.
+    pub retry_on_worker_lost: bool,
+}
+
+/// Why a handler job failed: a kind from the protocol's closed set and a message for a
+/// person. `?` converts pool errors (`db_error` with its SQLSTATE, `timeout`,
+/// `db_unavailable`).
+#[derive(Debug, Clone)]
+pub struct JobError(pub(crate) ErrorBody);
+
+impl JobError {
+    /// `job_failed`: the handler could not do its work (an external call failed, ...).
+    pub fn failed(message: impl Into<String>) -> JobError {
+        JobError(ErrorBody::new(ErrorKind::JobFailed, message))
+    }
+
+    /// `invalid_args`: the arguments are wrong; say which one.
+    pub fn invalid_args(message: impl Into<String>) -> JobError {
+        JobError(ErrorBody::new(ErrorKind::InvalidArgs, message))
+    }
+
+    /// The kind on the wire (`db_error`, `job_failed`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.0.kind.as_str()
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl From<crate::pool::Error> for JobError {
+    fn from(error: crate::pool::Error) -> JobError {
+        JobError(pool_error_body(error, "a handler's database"))
+    }
+}
+
+/// What a handler gets besides its arguments: the job's identity and deadline, and pooled
+/// connections — one per database per job, checked out on first use and checked in (and
+/// reset) when the job ends, whatever way it ends.
+pub struct JobContext<'a> {
+    job_id: u64,
+    job: &'a str,
+    deadline: Instant,
+    pools: &'a Pools,
+    connections: HashMap<String, PooledConnection>,
+}
+
+impl<'a> JobContext<'a> {
+    pub(crate) fn new(job_id: u64, job: &'a str, deadline: Instant, pools: &'a Pools) -> Self {
+        JobContext {
+            job_id,
+            job,
+            deadline,
+            pools,
+            connections: HashMap::new(),
+        }
+    }
+
+    /// The master's id for this job (it names the job in logs and leak warnings).
+    pub fn job_id(&self) -> u64 {
+        self.job_id
+    }
+
+    /// The job's name.
+    pub fn job(&self) -> &str {
+        self.job
+    }
+
+    /// When the job times out. Every database call made through [`JobContext::db`] is
+    /// already bounded by it; work of the handler's own should check it too.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once past it).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// A connection to the configured database `database` (`[databases.<name>]`), the same
+    /// one for the whole job. Its calls are bounded by the job's deadline.
+    pub fn db(&mut self, database: &str) -> Result<&mut PooledConnection, JobError> {
+        if !self.connections.contains_key(database) {
+            let pool = self.pools.get(database).map_err(JobError)?;
+            let mut conn = pool
+                .checkout(&format!("job {} ({})", self.job_id, self.job))
+                .map_err(|e| JobError(pool_error_body(e, database)))?;
+            conn.set_deadline(Some(self.deadline));
+            self.connections.insert(database.to_string(), conn);
+        }
+        Ok(self
+            .connections
+            .get_mut(database)
+            .expect("inserted just above"))
+    }
+
+    /// Runs `work` in a transaction on `database`: committed if it returns `Ok`, rolled back
+    /// if it returns `Err` or panics.
+    pub fn transaction<T>(
+        &mut self,
+        database: &str,
+        work: impl FnOnce(&mut PooledConnection) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        let conn = self.db(database)?;
+        conn.batch_execute("BEGIN")?;
+        let mut open = OpenTransaction { conn, open: true };
+        let value = work(open.conn)?;
+        open.conn.batch_execute("COMMIT")?;
+        open.open = false;
+        Ok(value)
+    }
+}
+
+/// Rolls back on the way out of [`JobContext::transaction`] unless it committed, so an error
+/// or a panic inside the work never leaves a transaction open — whatever `reset_on_return`
+/// says.
+struct OpenTransaction<'c> {
+    conn: &'c mut PooledConnection,
+    open: bool,
+}
+
+impl Drop for OpenTransaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.conn.batch_execute("ROLLBACK");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The job channel between the master and one worker: length-prefixed JSON frames over a
+//! Unix stream socketpair made before the fork.
+//!
+//! DESIGN §2 planned `SOCK_SEQPACKET`. A stream with a 4-byte length prefix is used instead:
+//! a job's result can be megabytes (10,000 rows), past what one datagram may carry, and a
+//! stream lets the master take many frames from one read.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A frame larger than this is a bug, not a job: refuse it instead of allocating it.
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// What the master tells a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run one job. `args` is the request's `args` object as the client sent it.
+    Run {
+        job_id: u64,
+        job: String,
+        args: Box<RawValue>,
+        timeout_ms: u64,
+    },
+    /// Stop: finish the jobs already received (`fast`: cancel them), close pools, exit.
+    Stop { fast: bool },
+}
+
+/// What a worker tells the master.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Reset done, threads started: the worker can take jobs.
+    Ready,
+    /// A job's outcome: `body` is the result object when `ok`, else the error object.
+    Done {
+        job_id: u64,
+        ok: bool,
+        body: Box<RawValue>,
+    },
+    /// Sent every tick: liveness, memory, and the pools' statistics for `status`.
+    Heartbeat { rss_bytes: u64, pools: Value },
+}
+
+/// Encodes one frame: little-endian u32 length, then the JSON.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, message).expect("frames always serialize");
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    frame
+}
+
+/// Blocking read of one frame (the worker's side). `Ok(None)` on a clean EOF between frames.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(reader: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Blocking write of one frame (the worker's side).
+pub fn write_frame<T: Serialize>(writer: &mut impl Write, message: &T) -> io::Result<()> {
+    writer.write_all(&encode(message))
+}
+
+/// Accumulates bytes read from a non-blocking channel and yields whole frames (the master's
+/// side, which never blocks on a worker).
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    bytes: Vec<u8>,
+}
+
+impl FrameBuffer {
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, decoded; `None` while the frame is still incomplete.
+    pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Option<io::Result<T>> {
+        if self.bytes.len() < 4 {
+            return None;
+        }
+        let len = u32::from_le_bytes(self.bytes[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "frame too large",
+            )));
+        }
+        if self.bytes.len() < 4 + len {
+            return None;
+        }
+        let decoded = serde_json::from_slice(&self.bytes[4..4 + len])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+        self.bytes.drain(..4 + len);
+        Some(decoded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_being_split_anywhere() {
+        let frames = [
+            encode(&FromWorker::Ready),
+            encode(&FromWorker::Done {
+                job_id: 9,
+                ok: true,
+                body: RawValue::from_string(r#"{"rows":[{"a":"x"}]}"#.into()).unwrap(),
+            }),
+        ]
+        .concat();
+        for split in 0..frames.len() {
+            let mut buffer = FrameBuffer::default();
+            buffer.extend(&frames[..split]);
+            let mut seen = Vec::new();
+            while let Some(frame) = buffer.next_frame::<FromWorker>() {
+                seen.push(frame.unwrap());
+            }
+            buffer.extend(&frames[split..]);
+            while let Some(frame) = buffer.next_frame::<FromWorker>() {
+                seen.push(frame.unwrap());
+            }
+            assert_eq!(seen.len(), 2, "split at {split}");
+            match &seen[1] {
+                FromWorker::Done { job_id, body, .. } => {
+                    assert_eq!(*job_id, 9);
+                    assert_eq!(body.get(), r#"{"rows":[{"a":"x"}]}"#);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn blocking_read_sees_clean_eof() {
+        let mut bytes: &[u8] = &encode(&ToWorker::Stop { fast: false });
+        assert!(matches!(
+            read_frame::<ToWorker>(&mut bytes).unwrap(),
+            Some(ToWorker::Stop { fast: false })
+        ));
+        assert!(read_frame::<ToWorker>(&mut bytes).unwrap().is_none());
+    }
+}

@@ -1,0 +1,129 @@
+//! One client connection: a non-blocking socket with its partial input line and the answers
+//! not yet written.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+
+pub type ClientId = u64;
+
+/// What one read produced.
+#[derive(Default)]
+pub struct Input {
+    /// Complete lines, without their newline (blank lines dropped).
+    pub lines: Vec<Vec<u8>>,
+    /// A line is longer than the limit: answer `too_large` and close.
+    pub too_large: bool,
+    /// The client closed its side (or the socket failed).
+    pub closed: bool,
+}
+
+pub struct Client {
+    pub stream: UnixStream,
+    partial: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// Close once the pending answers are written (after `too_large` or `forbidden`).
+    pub close_after_flush: bool,
+}
+
+/// How much one wake-up reads from one client before the loop serves the others.
+const READ_BUDGET: usize = 1024 * 1024;
+
+impl Client {
+    pub fn new(stream: UnixStream) -> Client {
+        Client {
+            stream,
+            partial: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            close_after_flush: false,
+        }
+    }
+
+    /// Reads what is available and splits it into lines no longer than `max_line`.
+    pub fn read_lines(&mut self, max_line: usize) -> Input {
+        let mut input = Input::default();
+        if self.close_after_flush {
+            return input;
+        }
+        let mut buffer = [0u8; 64 * 1024];
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => {
+                    input.closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.split_lines(&buffer[..n], max_line, &mut input);
+                    if input.too_large {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    input.closed = true;
+                    break;
+                }
+            }
+        }
+        input
+    }
+
+    fn split_lines(&mut self, mut bytes: &[u8], max_line: usize, input: &mut Input) {
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            self.partial.extend_from_slice(&bytes[..end]);
+            bytes = &bytes[end + 1..];
+            let mut line = std::mem::take(&mut self.partial);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.len() > max_line {
+                input.too_large = true;
+                return;
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                input.lines.push(line);
+            }
+        }
+        self.partial.extend_from_slice(bytes);
+        if self.partial.len() > max_line {
+            // Never hold more than the limit for a line that has not ended yet.
+            self.partial = Vec::new();
+            input.too_large = true;
+        }
+    }
+
+    /// Queues an answer and writes as much as the socket takes now.
+    pub fn send(&mut self, line: &[u8]) {
+        self.output.extend_from_slice(line);
+        let _ = self.flush();
+    }
+
+    /// Writes pending answers until done or the socket is full.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.written < self.output.len() {
+            match self.stream.write(&self.output[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.output.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    pub fn wants_write(&self) -> bool {
+        self.written < self.output.len()
+    }
+
+    /// Done: nothing left to write and asked to close.
+    pub fn finished(&self) -> bool {
+        self.close_after_flush && !self.wants_write()
+    }
+}

@@ -1,0 +1,186 @@
+//! The master's view of one worker process, and forking a new one.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Instant, SystemTime};
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::WorkersConfig;
+use crate::ipc::{self, FrameBuffer, FromWorker, ToWorker};
+use crate::worker::{self, WorkerSetup};
+
+/// Where a worker is in its life, as the master sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// Forked, not yet `Ready`.
+    Booting,
+    /// Takes jobs.
+    Serving,
+    /// Replaced (reload, recycle) or one too many: takes no new job, told to stop once idle.
+    Retiring,
+    /// Told to stop; waiting for it to exit.
+    Stopping,
+}
+
+pub struct Worker {
+    pub slot: usize,
+    pub pid: Pid,
+    pub channel: UnixStream,
+    frames: FrameBuffer,
+    output: Vec<u8>,
+    pub lifecycle: Lifecycle,
+    /// The configuration generation it was forked with (a reload starts a new one).
+    pub generation: u64,
+    pub forked: Instant,
+    pub forked_at: SystemTime,
+    pub ready: bool,
+    pub jobs_done: u64,
+    /// Jobs it holds now, in the order they were sent.
+    pub running: Vec<u64>,
+    pub rss_bytes: u64,
+    pub pools: Value,
+    /// Recycle after this many jobs: `max_jobs` plus its own random share of
+    /// `max_jobs_jitter`, drawn at fork so workers started together do not recycle together.
+    pub recycle_after: Option<u64>,
+}
+
+impl Worker {
+    /// Forks a worker for `slot`. Every signal is blocked across the fork: the master's
+    /// handlers write to the master's self-pipe, and must not run in the child before its
+    /// reset replaces them.
+    pub fn spawn(
+        slot: usize,
+        generation: u64,
+        recycle_after: Option<u64>,
+        setup: WorkerSetup,
+    ) -> io::Result<Worker> {
+        let (master_end, worker_end) = UnixStream::pair()?;
+        let master = getpid();
+        let mut previous = SigSet::empty();
+        sigprocmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut previous),
+        )?;
+        // SAFETY: the master has one thread, so no lock is held by another thread at the fork;
+        // the child goes straight into `worker::run`, which never returns.
+        let forked = unsafe { fork() };
+        match forked {
+            Ok(ForkResult::Child) => worker::run(worker_end, master, setup),
+            Ok(ForkResult::Parent { child }) => {
+                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+                drop(worker_end);
+                master_end.set_nonblocking(true)?;
+                Ok(Worker {
+                    slot,
+                    pid: child,
+                    channel: master_end,
+                    frames: FrameBuffer::default(),
+                    output: Vec::new(),
+                    lifecycle: Lifecycle::Booting,
+                    generation,
+                    forked: Instant::now(),
+                    forked_at: SystemTime::now(),
+                    ready: false,
+                    jobs_done: 0,
+                    running: Vec::new(),
+                    rss_bytes: 0,
+                    pools: Value::Null,
+                    recycle_after,
+                })
+            }
+            Err(e) => {
+                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Queues a frame and writes what the channel takes now.
+    pub fn send(&mut self, message: &ToWorker) {
+        self.output.extend_from_slice(&ipc::encode(message));
+        let _ = self.flush();
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.output.is_empty() {
+            match self.channel.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// Reads what the channel has and returns the whole frames. EOF or a broken frame end
+    /// the list; the worker's exit is then seen through SIGCHLD.
+    pub fn read_frames(&mut self) -> Vec<FromWorker> {
+        let mut buffer = [0u8; 64 * 1024];
+        loop {
+            match self.channel.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => self.frames.extend(&buffer[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = self.frames.next_frame::<FromWorker>() {
+            match frame {
+                Ok(frame) => frames.push(frame),
+                Err(e) => {
+                    log::error!("worker {} sent a broken frame: {e}", self.slot);
+                    break;
+                }
+            }
+        }
+        frames
+    }
+
+    /// Takes jobs: ready, not retiring or stopping, and below `threads` jobs.
+    pub fn has_room(&self, threads: usize) -> bool {
+        self.lifecycle == Lifecycle::Serving && self.running.len() < threads
+    }
+
+    /// Why this worker should be replaced now (after `max_jobs` jobs, or past `max_rss`), if
+    /// it should; never before `min_lifetime`.
+    pub fn recycle_reason(&self, config: &WorkersConfig) -> Option<String> {
+        if self.lifecycle != Lifecycle::Serving || self.forked.elapsed() < config.min_lifetime {
+            return None;
+        }
+        if let Some(limit) = self.recycle_after.filter(|limit| self.jobs_done >= *limit) {
+            return Some(format!("ran {} jobs (limit {limit})", self.jobs_done));
+        }
+        if config.max_rss > 0 && self.rss_bytes > config.max_rss {
+            return Some(format!(
+                "resident memory {} B passed workers.max_rss = {} B",
+                self.rss_bytes, config.max_rss
+            ));
+        }
+        None
+    }
+
+    /// The state `status` shows.
+    pub fn state_name(&self) -> &'static str {
+        match self.lifecycle {
+            Lifecycle::Booting => "booting",
+            Lifecycle::Serving if self.running.is_empty() => "idle",
+            Lifecycle::Serving => "busy",
+            Lifecycle::Retiring => "retiring",
+            Lifecycle::Stopping => "stopping",
+        }
+    }
+}

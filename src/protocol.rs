@@ -1,0 +1,409 @@
+//! The socket protocol (DESIGN §5): one JSON object per line in, one answer line out.
+//!
+//! The master parses a request only as far as it must to route it: the `args` object is kept
+//! as raw JSON text and a worker's result is spliced into the answer as it came, so no result
+//! is decoded and re-encoded on its way through the master.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// The closed set of error kinds a client can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadRequest,
+    TooLarge,
+    UnknownOp,
+    UnknownJob,
+    InvalidArgs,
+    QueueFull,
+    Timeout,
+    WorkerLost,
+    DbError,
+    DbUnavailable,
+    /// A Rust handler could not do its work (its own error, not a bug).
+    JobFailed,
+    ShuttingDown,
+    Forbidden,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::UnknownOp => "unknown_op",
+            ErrorKind::UnknownJob => "unknown_job",
+            ErrorKind::InvalidArgs => "invalid_args",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::WorkerLost => "worker_lost",
+            ErrorKind::DbError => "db_error",
+            ErrorKind::DbUnavailable => "db_unavailable",
+            ErrorKind::JobFailed => "job_failed",
+            ErrorKind::ShuttingDown => "shutting_down",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// An error answer's body: `{"kind": ..., "message": ..., <extra fields>}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Kind-specific fields (`sqlstate` for `db_error`, ...), flattened into the object.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            kind,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> ErrorBody {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an error body always serializes")
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug)]
+pub enum Op {
+    Run {
+        job: String,
+        /// The `args` object as raw JSON text (`{}` when absent).
+        args: Box<RawValue>,
+        timeout_ms: Option<u64>,
+    },
+    Status,
+    Ping,
+    Jobs,
+}
+
+/// A parsed request line.
+#[derive(Debug)]
+pub struct Request {
+    /// The request's `id` as raw JSON text, echoed verbatim in the answer.
+    pub id: Box<RawValue>,
+    pub op: Op,
+}
+
+/// Why a line is not a request: the kind to answer with, the message, and the id when it could
+/// be read (so even a bad request is answered under its own id).
+#[derive(Debug)]
+pub struct Rejection {
+    pub id: Box<RawValue>,
+    pub body: ErrorBody,
+}
+
+/// The fields a request may carry; anything else is a mistake worth naming (a typo such as
+/// `"arg"` would otherwise silently run the job without its arguments).
+const REQUEST_FIELDS: &[&str] = &["id", "op", "job", "args", "timeout_ms"];
+
+fn null_id() -> Box<RawValue> {
+    RawValue::from_string("null".to_string()).expect("null is JSON")
+}
+
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
+    let bad = |id: Box<RawValue>, message: String| Rejection {
+        id,
+        body: ErrorBody::new(ErrorKind::BadRequest, message),
+    };
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(e) => return Err(bad(null_id(), format!("request is not UTF-8: {e}"))),
+    };
+    let fields = match serde_json::from_str::<Box<RawValue>>(text) {
+        Err(e) => return Err(bad(null_id(), format!("request is not JSON: {e}"))),
+        Ok(raw) => {
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(bad(null_id(), "request must be a JSON object".to_string()));
+            }
+            match object_fields(raw.get()) {
+                Ok(fields) => fields,
+                Err(e) => return Err(bad(null_id(), format!("request: {e}"))),
+            }
+        }
+    };
+    let id = match fields.get("id") {
+        None => null_id(),
+        Some(raw) if is_scalar(raw) => raw.clone(),
+        Some(_) => {
+            return Err(bad(
+                null_id(),
+                "field `id` must be a JSON scalar (string, number, boolean or null)".to_string(),
+            ))
+        }
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !REQUEST_FIELDS.contains(&k.as_str()))
+    {
+        return Err(bad(
+            id,
+            format!(
+                "unknown field `{unknown}` (a request has: {})",
+                REQUEST_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let op = match string_field(&fields, "op") {
+        Ok(Some(op)) => op,
+        Ok(None) => return Err(bad(id, "missing field `op`".to_string())),
+        Err(message) => return Err(bad(id, message)),
+    };
+    let op = match op.as_str() {
+        "run" => {
+            let job = match string_field(&fields, "job") {
+                Ok(Some(job)) => job,
+                Ok(None) => return Err(bad(id, "missing field `job` (op run)".to_string())),
+                Err(message) => return Err(bad(id, message)),
+            };
+            let args = match fields.get("args") {
+                None => RawValue::from_string("{}".to_string()).expect("{} is JSON"),
+                Some(raw) if raw.get().trim_start().starts_with('{') => {
+                    // Duplicate keys at the top, and nesting past serde_json's depth limit
+                    // anywhere (a raw value is skipped without one), are refused here.
+                    if let Err(e) = object_fields(raw.get()).and_then(|_| {
+                        serde_json::from_str::<Value>(raw.get()).map_err(|e| e.to_string())
+                    }) {
+                        return Err(bad(id, format!("args: {e}")));
+                    }
+                    raw.clone()
+                }
+                Some(_) => return Err(bad(id, "field `args` must be a JSON object".to_string())),
+            };
+            let timeout_ms = match fields.get("timeout_ms") {
+                None => None,
+                Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+                    Ok(ms) if ms > 0 => Some(ms),
+                    _ => {
+                        return Err(bad(
+                            id,
+                            "field `timeout_ms` must be a positive integer".to_string(),
+                        ))
+                    }
+                },
+            };
+            Op::Run {
+                job,
+                args,
+                timeout_ms,
+            }
+        }
+        "status" => Op::Status,
+        "ping" => Op::Ping,
+        "jobs" => Op::Jobs,
+        other => {
+            return Err(Rejection {
+                id,
+                body: ErrorBody::new(
+                    ErrorKind::UnknownOp,
+                    format!("unknown op `{other}` (ops: run, status, ping, jobs)"),
+                ),
+            })
+        }
+    };
+    Ok(Request { id, op })
+}
+
+type Fields = std::collections::BTreeMap<String, Box<RawValue>>;
+
+/// The members of a JSON object, refusing a key given twice: JSON parsers disagree on which
+/// duplicate wins, so a request that depends on it is ambiguous.
+fn object_fields(object: &str) -> Result<Fields, String> {
+    struct Unique(Fields);
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Members;
+            impl<'de> serde::de::Visitor<'de> for Members {
+                type Value = Unique;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Unique, A::Error> {
+                    let mut fields = Fields::new();
+                    while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                        if fields.contains_key(&key) {
+                            return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                        }
+                        fields.insert(key, value);
+                    }
+                    Ok(Unique(fields))
+                }
+            }
+            deserializer.deserialize_map(Members)
+        }
+    }
+    serde_json::from_str::<Unique>(object)
+        .map(|unique| unique.0)
+        .map_err(|e| e.to_string())
+}
+
+fn is_scalar(raw: &RawValue) -> bool {
+    !matches!(raw.get().trim_start().as_bytes().first(), Some(b'{' | b'['))
+}
+
+fn string_field(fields: &Fields, name: &str) -> Result<Option<String>, String> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map(Some)
+            .map_err(|_| format!("field `{name}` must be a string")),
+    }
+}
+
+/// `{"id":<id>,"ok":true,"result":<result>}` followed by a newline. `result` is JSON text.
+pub fn ok_line(id: &RawValue, result: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(result.len() + id.get().len() + 32);
+    line.extend_from_slice(b"{\"id\":");
+    line.extend_from_slice(id.get().as_bytes());
+    line.extend_from_slice(b",\"ok\":true,\"result\":");
+    line.extend_from_slice(result.as_bytes());
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// `{"id":<id>,"ok":false,"error":<error>}` followed by a newline. `error` is JSON text.
+pub fn error_line(id: &RawValue, error: &str) -> Vec<u8> {
+    let mut line = Vec::with_capacity(error.len() + id.get().len() + 32);
+    line.extend_from_slice(b"{\"id\":");
+    line.extend_from_slice(id.get().as_bytes());
+    line.extend_from_slice(b",\"ok\":false,\"error\":");
+    line.extend_from_slice(error.as_bytes());
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(line: &str) -> (String, ErrorKind, String) {
+        let r = parse_request(line.as_bytes()).unwrap_err();
+        (r.id.get().to_string(), r.body.kind, r.body.message)
+    }
+
+    #[test]
+    fn run_request_keeps_args_raw_and_id_verbatim() {
+        let r = parse_request(br#"{"id":"a-1","op":"run","job":"add","args":{"a": 1}}"#).unwrap();
+        assert_eq!(r.id.get(), r#""a-1""#);
+        match r.op {
+            Op::Run { job, args, .. } => {
+                assert_eq!(job, "add");
+                assert_eq!(args.get(), r#"{"a": 1}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_bad_request_naming_the_problem() {
+        assert_eq!(rejected("not json").1, ErrorKind::BadRequest);
+        assert_eq!(rejected("[1,2]").2, "request must be a JSON object");
+        let (id, kind, msg) = rejected(r#"{"id":7,"op":"run","job":3}"#);
+        assert_eq!((id.as_str(), kind), ("7", ErrorKind::BadRequest));
+        assert!(msg.contains("`job` must be a string"), "{msg}");
+        assert!(rejected(r#"{"id":1,"op":"run","job":"x","args":[1]}"#)
+            .2
+            .contains("`args` must be a JSON object"));
+        assert!(rejected(r#"{"id":1,"op":"run","job":"x","timeout_ms":-5}"#)
+            .2
+            .contains("timeout_ms"));
+        assert!(rejected(r#"{"id":1,"op":"run","job":"x","arg":{}}"#)
+            .2
+            .contains("unknown field `arg`"));
+        assert!(rejected(r#"{"id":{"a":1},"op":"ping"}"#).2.contains("`id`"));
+        assert!(rejected(r#"{"id":1}"#).2.contains("missing field `op`"));
+        assert!(rejected(r#"{"id":1,"op":"ping","op":"status"}"#)
+            .2
+            .contains("duplicate key `op`"));
+        assert!(
+            rejected(r#"{"id":1,"op":"run","job":"x","args":{"a":1,"a":2}}"#)
+                .2
+                .contains("args: duplicate key `a`")
+        );
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            rejected(&format!(
+                r#"{{"id":1,"op":"run","job":"x","args":{{"a":{deep}}}}}"#
+            ))
+            .1,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            rejected("{\"id\":1,\"op\":\"ping\"\u{0}}").1,
+            ErrorKind::BadRequest
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_bad_request() {
+        let r = parse_request(b"{\"id\":1,\"op\":\"\xff\"}").unwrap_err();
+        assert_eq!(r.body.kind, ErrorKind::BadRequest);
+        assert!(r.body.message.contains("UTF-8"));
+    }
+
+    /// Whatever the bytes, the parser answers (a request or a rejection) and never panics.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_parser() {
+        let alphabet: &[u8] = b"{}[]\":,0123456789.eE+-truefalsnul \\idoparg\x00\xff\xc3\xa9";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..80);
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let _ = parse_request(&bytes);
+        }
+        for valid in [
+            r#"{"id":1,"op":"run","job":"add","args":{"a":1}}"#,
+            r#"{"op":"ping"}"#,
+        ] {
+            let bytes = valid.as_bytes();
+            for cut in 0..bytes.len() {
+                let _ = parse_request(&bytes[..cut]);
+                let mut flipped = bytes.to_vec();
+                flipped[cut] ^= 0x20;
+                let _ = parse_request(&flipped);
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_op_is_its_own_kind() {
+        let (id, kind, msg) = rejected(r#"{"id":"x","op":"explode"}"#);
+        assert_eq!((id.as_str(), kind), (r#""x""#, ErrorKind::UnknownOp));
+        assert!(msg.contains("explode"));
+    }
+
+    #[test]
+    fn answer_lines_are_valid_json() {
+        let id = RawValue::from_string("42".into()).unwrap();
+        let ok: Value = serde_json::from_slice(&ok_line(&id, r#"{"rows":[]}"#)).unwrap();
+        assert_eq!(ok["id"], 42);
+        assert_eq!(ok["ok"], true);
+        let body = ErrorBody::new(ErrorKind::DbError, "boom").with("sqlstate", "22012");
+        let err: Value = serde_json::from_slice(&error_line(&id, &body.to_json())).unwrap();
+        assert_eq!(err["error"]["kind"], "db_error");
+        assert_eq!(err["error"]["sqlstate"], "22012");
+    }
+}

@@ -1,0 +1,290 @@
+//! A worker process: takes jobs from its channel, runs them on its own pools, answers.
+//!
+//! Threads, all started after the atfork reset:
+//! - the reader takes frames from the job channel and queues jobs for the executors;
+//! - `workers.threads` executors run jobs and write the outcome back on the channel;
+//! - a signal waiter turns TERM / INT / QUIT into a stop;
+//! - the main thread ticks: pool maintenance and a heartbeat to the master, until told to stop.
+
+mod pools;
+pub(crate) mod reset;
+mod rust_job;
+mod sql_job;
+
+use std::io::BufReader;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, tick, unbounded, Receiver, Sender};
+use log::{debug, error, info};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::Pid;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use crate::catalog::Catalog;
+use crate::databases::Databases;
+use crate::ipc::{self, FromWorker, ToWorker};
+use crate::protocol::{ErrorBody, ErrorKind};
+pub(crate) use pools::Pools;
+pub(crate) use sql_job::pool_error_body;
+
+/// How often a worker maintains its pools and reports to the master. The master's liveness
+/// check allows several missed beats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the worker was forked with: everything is read-only and shared by its threads.
+pub struct WorkerSetup {
+    pub slot: usize,
+    pub threads: usize,
+    pub catalog: Arc<Catalog>,
+    pub databases: Arc<Databases>,
+}
+
+/// One job taken from the channel.
+struct Job {
+    id: u64,
+    name: String,
+    args: Box<RawValue>,
+    timeout: Duration,
+    received: Instant,
+}
+
+/// Why the main thread stops ticking.
+enum Stop {
+    /// Told to stop (frame or TERM): finish the jobs already received.
+    Graceful,
+    /// Told to stop fast (frame, INT or QUIT): exit now; the master answers what is left.
+    Fast,
+    /// The channel closed: the master is gone. Finish the current jobs, then exit.
+    MasterGone,
+}
+
+/// The worker's entry point, called in the child right after `fork()`. Never returns.
+pub fn run(channel: UnixStream, master: Pid, setup: WorkerSetup) -> ! {
+    if let Err(problem) = reset::atfork_child_reset(channel.as_raw_fd(), master, setup.slot) {
+        error!("worker {}: atfork reset failed: {problem}", setup.slot);
+        std::process::exit(70);
+    }
+    std::process::exit(serve(channel, setup))
+}
+
+fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
+    // Blocked here, the stop signals stay blocked in every thread started below and are
+    // taken only by the signal waiter (sigwait), so no handler ever runs inside a query.
+    let stop_signals = stop_signal_set();
+    if let Err(e) = stop_signals.thread_block() {
+        error!("worker {}: blocking stop signals: {e}", setup.slot);
+        return 70;
+    }
+    let writer = match channel.try_clone() {
+        Ok(writer) => Arc::new(Mutex::new(writer)),
+        Err(e) => {
+            error!("worker {}: cloning the job channel: {e}", setup.slot);
+            return 70;
+        }
+    };
+    let pools = Arc::new(Pools::new(Arc::clone(&setup.databases)));
+    let (stop_tx, stop_rx) = unbounded::<Stop>();
+    let jobs_tx = Arc::new(Mutex::new(None::<Sender<Job>>));
+    let (job_tx, job_rx) = unbounded::<Job>();
+    *jobs_tx.lock().expect("job sender lock") = Some(job_tx);
+
+    let executors: Vec<_> = (0..setup.threads.max(1))
+        .map(|_| {
+            let job_rx = job_rx.clone();
+            let writer = Arc::clone(&writer);
+            let pools = Arc::clone(&pools);
+            let catalog = Arc::clone(&setup.catalog);
+            let slot = setup.slot;
+            thread::spawn(move || execute_jobs(slot, job_rx, &writer, &pools, &catalog))
+        })
+        .collect();
+    drop(job_rx);
+    {
+        let stop_tx = stop_tx.clone();
+        let jobs_tx = Arc::clone(&jobs_tx);
+        thread::spawn(move || read_channel(channel, &jobs_tx, &stop_tx));
+    }
+    {
+        let stop_tx = stop_tx.clone();
+        thread::spawn(move || wait_for_stop_signal(stop_signals, &stop_tx));
+    }
+    drop(stop_tx);
+
+    if send(&writer, &FromWorker::Ready).is_err() {
+        return 0;
+    }
+    debug!("worker {} ready", setup.slot);
+    let ticker = tick(HEARTBEAT_INTERVAL);
+    let stop = loop {
+        select! {
+            recv(stop_rx) -> stop => break stop.unwrap_or(Stop::MasterGone),
+            recv(ticker) -> _ => {
+                pools.maintain();
+                let beat = FromWorker::Heartbeat { rss_bytes: resident_bytes(), pools: pools.stats() };
+                if send(&writer, &beat).is_err() {
+                    break Stop::MasterGone;
+                }
+            }
+        }
+    };
+    match stop {
+        Stop::Fast => {
+            info!("worker {} stopping now", setup.slot);
+            return 0;
+        }
+        Stop::Graceful => info!("worker {} stopping after its current jobs", setup.slot),
+        Stop::MasterGone => info!(
+            "worker {}: the master is gone; finishing current jobs",
+            setup.slot
+        ),
+    }
+    // Closing the job queue lets each executor finish what it holds, then return.
+    jobs_tx.lock().expect("job sender lock").take();
+    for executor in executors {
+        let _ = executor.join();
+    }
+    pools.close();
+    0
+}
+
+fn stop_signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        set.add(signal);
+    }
+    set
+}
+
+/// The reader: frames in, jobs out. Ends on a stop frame or when the master closes the channel.
+fn read_channel(channel: UnixStream, jobs: &Mutex<Option<Sender<Job>>>, stop: &Sender<Stop>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, channel);
+    loop {
+        match ipc::read_frame::<ToWorker>(&mut reader) {
+            Ok(Some(ToWorker::Run {
+                job_id,
+                job,
+                args,
+                timeout_ms,
+            })) => {
+                let job = Job {
+                    id: job_id,
+                    name: job,
+                    args,
+                    timeout: Duration::from_millis(timeout_ms),
+                    received: Instant::now(),
+                };
+                if let Some(sender) = jobs.lock().expect("job sender lock").as_ref() {
+                    let _ = sender.send(job);
+                }
+            }
+            Ok(Some(ToWorker::Stop { fast })) => {
+                let _ = stop.send(if fast { Stop::Fast } else { Stop::Graceful });
+                return;
+            }
+            Ok(None) => {
+                let _ = stop.send(Stop::MasterGone);
+                return;
+            }
+            Err(e) => {
+                error!("job channel: {e}");
+                let _ = stop.send(Stop::MasterGone);
+                return;
+            }
+        }
+    }
+}
+
+fn wait_for_stop_signal(signals: SigSet, stop: &Sender<Stop>) {
+    // The set is blocked in this thread too (inherited), which is what sigwait requires.
+    match signals.wait() {
+        Ok(Signal::SIGTERM) => {
+            let _ = stop.send(Stop::Graceful);
+        }
+        Ok(_) => {
+            let _ = stop.send(Stop::Fast);
+        }
+        Err(e) => error!("waiting for signals: {e}"),
+    }
+}
+
+/// An executor: runs jobs until the queue is closed and empty.
+fn execute_jobs(
+    slot: usize,
+    jobs: Receiver<Job>,
+    writer: &Mutex<UnixStream>,
+    pools: &Pools,
+    catalog: &Catalog,
+) {
+    for job in jobs {
+        let (ok, body) = match run_job(slot, &job, pools, catalog) {
+            Ok(result) => (true, result),
+            Err(error) => (false, error.to_json()),
+        };
+        let body = RawValue::from_string(body).expect("outcomes are JSON");
+        if send(
+            writer,
+            &FromWorker::Done {
+                job_id: job.id,
+                ok,
+                body,
+            },
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs one job; the result object as JSON text, or the error.
+fn run_job(slot: usize, job: &Job, pools: &Pools, catalog: &Catalog) -> Result<String, ErrorBody> {
+    let spec = catalog.get(&job.name).ok_or_else(|| {
+        ErrorBody::new(
+            ErrorKind::Internal,
+            format!("job `{}` is not in this worker's catalog", job.name),
+        )
+    })?;
+    let args: Map<String, Value> = serde_json::from_str(job.args.get())
+        .map_err(|e| ErrorBody::new(ErrorKind::BadRequest, format!("args: {e}")))?;
+    let deadline = job.received + job.timeout;
+    let mut result = match &spec.handler {
+        Some(handler) => {
+            let value = rust_job::run(handler, job.id, &spec.name, &args, deadline, pools)?;
+            json!({ "value": value })
+        }
+        None => {
+            let pool = pools.get(&spec.database)?;
+            let output = sql_job::run(&pool, spec, &args, deadline, &format!("job {}", job.id))?;
+            let mut result = json!({ "rows": output.rows, "rows_affected": output.rows_affected });
+            if output.truncated {
+                result["truncated"] = Value::Bool(true);
+            }
+            result
+        }
+    };
+    result["worker"] = json!(slot);
+    result["pid"] = json!(std::process::id());
+    result["elapsed_ms"] = json!(job.received.elapsed().as_secs_f64() * 1000.0);
+    Ok(result.to_string())
+}
+
+fn send(writer: &Mutex<UnixStream>, message: &FromWorker) -> std::io::Result<()> {
+    let mut channel = writer.lock().expect("channel writer lock");
+    ipc::write_frame(&mut *channel, message)
+}
+
+/// Resident set size from /proc/self/statm (pages × page size); 0 if unreadable.
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}

@@ -1,0 +1,194 @@
+//! Runs one SQL job from the catalog on a pooled connection.
+
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use crate::catalog::{row_to_json, JobSpec};
+use crate::pool::{self, Pool};
+use crate::protocol::{ErrorBody, ErrorKind};
+
+/// What a SQL job produced: the rows of the last statement that returned rows, and the count
+/// of rows each statement affected (or returned).
+pub struct SqlOutput {
+    pub rows: Vec<Value>,
+    pub rows_affected: Vec<u64>,
+    pub truncated: bool,
+}
+
+/// Binds `args`, checks out a connection, runs the job's statements (in one transaction when
+/// the job has several and `transaction` is on) and converts the rows.
+///
+/// A single statement runs without `BEGIN`/`COMMIT`: PostgreSQL already runs it atomically in
+/// its own implicit transaction, and the two round trips would double a trivial job's latency.
+/// The connection goes back through the pool's checkin, which resets it (`reset_on_return`) —
+/// so even a job that times out mid-transaction leaves nothing open for the next one.
+pub fn run(
+    pool: &Pool,
+    job: &JobSpec,
+    args: &Map<String, Value>,
+    deadline: Instant,
+    label: &str,
+) -> Result<SqlOutput, ErrorBody> {
+    let values = job
+        .bind(args)
+        .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))?;
+    let mut conn = pool
+        .checkout(label)
+        .map_err(|e| pool_error_body(e, &job.database))?;
+    conn.set_deadline(Some(deadline));
+    let explicit_transaction = job.transaction && job.statements.len() > 1;
+    if explicit_transaction {
+        conn.batch_execute("BEGIN")
+            .map_err(|e| pool_error_body(e, &job.database))?;
+    }
+    let mut rows_affected = Vec::with_capacity(job.statements.len());
+    let mut last_rows = None;
+    let outcome = (|| {
+        for statement in &job.statements {
+            let prepared = conn.prepare_typed(&statement.sql, &statement.types)?;
+            let params = statement.args(&values);
+            if prepared.columns().is_empty() {
+                rows_affected.push(conn.execute(&prepared, &params)?);
+            } else {
+                let rows = conn.query(&prepared, &params)?;
+                rows_affected.push(rows.len() as u64);
+                last_rows = Some(rows);
+            }
+        }
+        if explicit_transaction {
+            conn.batch_execute("COMMIT")?;
+        }
+        Ok(())
+    })();
+    // Whether the job can have left a transaction open, so checkin knows if its reset has
+    // anything to do: not when every statement ran in autocommit (or in our committed or
+    // rolled-back transaction) and none of them opened one itself.
+    let opens_own = job.statements.iter().any(|s| opens_transaction(&s.sql));
+    if let Err(error) = outcome {
+        let db_error = matches!(error, pool::Error::Db(_));
+        let rolled_back =
+            explicit_transaction && db_error && conn.batch_execute("ROLLBACK").is_ok();
+        if (rolled_back || (db_error && !explicit_transaction)) && !opens_own {
+            conn.known_idle();
+        }
+        return Err(pool_error_body(error, &job.database));
+    }
+    if !opens_own {
+        conn.known_idle();
+    }
+    let rows = last_rows.unwrap_or_default();
+    let truncated = rows.len() > job.max_rows;
+    let rows = rows
+        .iter()
+        .take(job.max_rows)
+        .map(|row| row_to_json(row).map(Value::Object))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| {
+            ErrorBody::new(
+                ErrorKind::Internal,
+                format!("job `{}`: {message}", job.name),
+            )
+        })?;
+    Ok(SqlOutput {
+        rows,
+        rows_affected,
+        truncated,
+    })
+}
+
+/// Whether `sql` is a statement that opens a transaction block (`BEGIN`, `START
+/// TRANSACTION`): its first keyword, after white space and comments.
+fn opens_transaction(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(line) = rest.strip_prefix("--") {
+            rest = line.split_once('\n').map_or("", |(_, after)| after);
+        } else if rest.starts_with("/*") {
+            // Nested comments: skip to the matching close.
+            let mut depth = 0;
+            let bytes = rest.as_bytes();
+            let mut i = 0;
+            while i + 1 < bytes.len() {
+                if bytes[i] == b'/' && bytes[i + 1] == b'*' {
+                    depth += 1;
+                    i += 2;
+                } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            rest = rest.get(i..).unwrap_or("");
+        } else {
+            break;
+        }
+    }
+    let keyword: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(keyword.as_str(), "begin" | "start")
+}
+
+/// Maps a pool error to the protocol's closed set of kinds; `database` is the configured
+/// name (`[databases.<name>]`) the connection was for.
+pub fn pool_error_body(error: pool::Error, database: &str) -> ErrorBody {
+    match error {
+        pool::Error::Db(db) => {
+            let mut body = ErrorBody::new(ErrorKind::DbError, db.message.clone())
+                .with("sqlstate", db.sqlstate.clone());
+            if let Some(detail) = &db.detail {
+                body = body.with("detail", detail.clone());
+            }
+            if let Some(hint) = &db.hint {
+                body = body.with("hint", hint.clone());
+            }
+            body
+        }
+        pool::Error::Timeout { .. } => ErrorBody::new(
+            ErrorKind::Timeout,
+            "the job ran past its timeout; its query was cancelled and its transaction rolled back",
+        ),
+        pool::Error::Unavailable { .. } | pool::Error::Connection(_) => ErrorBody::new(
+            ErrorKind::DbUnavailable,
+            format!("[databases.{database}]: {error}"),
+        ),
+        pool::Error::Config(_) => ErrorBody::new(ErrorKind::Internal, error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::opens_transaction;
+
+    #[test]
+    fn statements_that_open_a_transaction_are_recognised_past_comments() {
+        for sql in [
+            "BEGIN",
+            "begin isolation level serializable",
+            "  START TRANSACTION",
+            "-- note\nBEGIN",
+            "/* a /* nested */ one */ begin",
+        ] {
+            assert!(opens_transaction(sql), "{sql:?}");
+        }
+        for sql in [
+            "SELECT 1",
+            "DO $$BEGIN END$$",
+            "COMMIT",
+            "-- BEGIN\nSELECT 1",
+            "/* begin */ SELECT 1",
+            "",
+            "/* unterminated",
+        ] {
+            assert!(!opens_transaction(sql), "{sql:?}");
+        }
+    }
+}
