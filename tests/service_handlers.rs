@@ -1,0 +1,144 @@
+//! Rust handlers through the library: the examples built on `forkpool::Service`, driven over
+//! their socket against a real PostgreSQL.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::{Cluster, Service, ServiceOptions};
+
+fn count(cluster: &Cluster, sql: &str) -> i64 {
+    cluster.query_value(sql).unwrap().parse().unwrap()
+}
+
+#[test]
+fn concurrent_uploads_across_workers_count_every_item_exactly_once() {
+    let cluster = Cluster::start();
+    let mut options = ServiceOptions::on(&cluster).example("upload_worker");
+    options.workers = 3;
+    let service = Service::start(options);
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let socket = service.socket.clone();
+            std::thread::spawn(move || {
+                let mut client = support::Client::connect(&socket);
+                let mut workers = std::collections::BTreeSet::new();
+                for i in 0..20 {
+                    let parent = (t * 20 + i) % 4;
+                    let answer = client.request(json!({
+                        "id": i, "op": "run", "job": "upload_file",
+                        "args": {"parent_id": parent, "name": format!("f{t}-{i}"), "content": "x"}
+                    }));
+                    assert_eq!(answer["ok"], true, "{answer}");
+                    assert!(answer["result"]["value"]["id"].as_i64().unwrap() > 0);
+                    workers.insert(answer["result"]["worker"].as_u64().unwrap());
+                }
+                workers
+            })
+        })
+        .collect();
+    let mut workers = std::collections::BTreeSet::new();
+    for thread in threads {
+        workers.extend(thread.join().unwrap());
+    }
+    assert!(
+        workers.len() > 1,
+        "the load spread over several workers: {workers:?}"
+    );
+    assert_eq!(count(&cluster, "SELECT count(*) FROM uploads"), 120);
+    assert_eq!(
+        count(&cluster, "SELECT sum(child_count) FROM upload_parents"),
+        120
+    );
+    assert_eq!(
+        count(
+            &cluster,
+            "SELECT count(*) FROM upload_parents p WHERE child_count <> \
+             (SELECT count(*) FROM uploads u WHERE u.parent_id = p.id)"
+        ),
+        0
+    );
+    let jobs = service.client().request(json!({"id": 1, "op": "jobs"}));
+    let listed: Vec<&Value> = jobs["result"]["jobs"].as_array().unwrap().iter().collect();
+    assert!(listed.iter().any(|j| j["name"] == "upload_file"), "{jobs}");
+    assert!(
+        listed.iter().any(|j| j["name"] == "add"),
+        "job files are served too: {jobs}"
+    );
+    let answer = service.submit("upload_file", json!({"name": "no parent"}));
+    assert_eq!(answer["error"]["kind"], "invalid_args", "{answer}");
+}
+
+fn faults_service(cluster: &Cluster) -> Service {
+    // Once per test binary: concurrent CREATE TABLE IF NOT EXISTS can collide in pg_type.
+    static TABLE: std::sync::Once = std::sync::Once::new();
+    TABLE.call_once(|| {
+        cluster
+            .execute("CREATE TABLE fault_notes (note text); ALTER TABLE fault_notes OWNER TO app")
+    });
+    let mut options = ServiceOptions::on(cluster).example("handler_faults");
+    options.workers = 1;
+    Service::start(options)
+}
+
+fn notes(cluster: &Cluster, note: &str) -> i64 {
+    count(
+        cluster,
+        &format!("SELECT count(*) FROM fault_notes WHERE note = '{note}'"),
+    )
+}
+
+#[test]
+fn a_handler_error_rolls_back_what_it_wrote() {
+    let cluster = Cluster::shared();
+    let service = faults_service(cluster);
+    let answer = service.submit("fails_after_insert", json!({"note": "error"}));
+    assert_eq!(answer["error"]["kind"], "job_failed", "{answer}");
+    assert_eq!(answer["error"]["message"], "the external service said no");
+    assert_eq!(notes(cluster, "error"), 0);
+}
+
+#[test]
+fn a_panicking_handler_answers_internal_writes_nothing_and_the_worker_serves_on() {
+    let cluster = Cluster::shared();
+    let service = faults_service(cluster);
+    let pid_before = service.worker_pids();
+    let answer = service.submit("panics_after_insert", json!({"note": "panic"}));
+    assert_eq!(answer["error"]["kind"], "internal", "{answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("a bug in the handler"));
+    assert_eq!(notes(cluster, "panic"), 0);
+    let answer = service.submit("add", json!({"a": 1}));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(
+        service.worker_pids(),
+        pid_before,
+        "the same worker carried on"
+    );
+}
+
+#[test]
+fn a_transaction_left_open_by_a_handler_is_reset_on_return() {
+    let cluster = Cluster::shared();
+    let service = faults_service(cluster);
+    let answer = service.submit("leaves_transaction_open", json!({"note": "open"}));
+    assert_eq!(answer["result"]["value"]["left_open"], true, "{answer}");
+    assert_eq!(
+        notes(cluster, "open"),
+        0,
+        "the insert was rolled back at checkin"
+    );
+    assert_eq!(
+        count(
+            cluster,
+            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+        ),
+        0
+    );
+    // The worker's next job runs on a clean connection.
+    assert_eq!(
+        service.submit("add", json!({"a": 2}))["result"]["rows"][0]["sum"],
+        3
+    );
+}

@@ -1,0 +1,502 @@
+//! The `forkpool` binary as processes: what the master and its workers hold (threads,
+//! descriptors, signal dispositions), how the service stops, how it claims its socket, and
+//! what the command line says and returns (DESIGN §2, §4, §8).
+//!
+//! Everything here runs the real binary against a real PostgreSQL cluster and looks at the
+//! processes through /proc.
+
+mod support;
+
+use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Output};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use support::{Client, Cluster, Service, ServiceOptions};
+
+// ---- /proc helpers -------------------------------------------------------------------------
+
+/// `(fd, link target)` for every open descriptor of `pid`, e.g. `(5, "socket:[1234]")`.
+/// A descriptor closed while the directory is read is skipped.
+fn descriptors(pid: i32) -> Vec<(i32, String)> {
+    let dir = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {dir}: {e}"))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// The inode of a `socket:[N]` descriptor target.
+fn socket_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The socket inodes `pid` holds.
+fn socket_inodes(pid: i32) -> HashSet<u64> {
+    descriptors(pid)
+        .iter()
+        .filter_map(|(_, target)| socket_inode(target))
+        .collect()
+}
+
+/// Every TCP socket inode in this network namespace (IPv4 and IPv6).
+fn tcp_inodes() -> HashSet<u64> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue; // no IPv6 in this kernel
+        };
+        for line in text.lines().skip(1) {
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            if let Some(inode) = line.split_whitespace().nth(9) {
+                inodes.insert(inode.parse().expect("an inode number"));
+            }
+        }
+    }
+    inodes
+}
+
+/// The targets of descriptors 3 and up that are sockets or pipes: what a worker must not
+/// share with the master.
+fn shareable_objects(pid: i32) -> HashSet<String> {
+    descriptors(pid)
+        .into_iter()
+        .filter(|(fd, target)| {
+            *fd > 2 && (target.starts_with("socket:[") || target.starts_with("pipe:["))
+        })
+        .map(|(_, target)| target)
+        .collect()
+}
+
+/// A signal mask line of /proc/PID/status (`SigCgt`, `SigIgn`, ...).
+fn signal_mask(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+/// The bit of `signal` in a /proc signal mask.
+fn bit(signal: Signal) -> u64 {
+    1 << (signal as i32 - 1)
+}
+
+/// glibc's reserved real-time signals 32 and 33 in a /proc signal mask.
+const GLIBC_SIGCANCEL: u64 = 1 << 31;
+const GLIBC_SIGSETXID: u64 = 1 << 32;
+
+fn thread_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+// ---- command line helpers ------------------------------------------------------------------
+
+/// Runs the binary with `args`, with no socket or config from the environment.
+fn forkpool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .args(args)
+        .env_remove("FORKPOOL_SOCKET")
+        .env_remove("FORKPOOL_CONFIG")
+        .output()
+        .expect("running the forkpool binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn socket_arg(service: &Service) -> &str {
+    service.socket.to_str().expect("a UTF-8 socket path")
+}
+
+// ---- tests ---------------------------------------------------------------------------------
+
+#[test]
+fn master_runs_one_thread_and_holds_no_database_connection() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    for a in 1..=4 {
+        let answer = service.submit("add", json!({ "a": a }));
+        assert_eq!(answer["ok"], true, "add failed: {answer}");
+        assert_eq!(answer["result"]["rows"][0]["sum"], a + 1);
+    }
+
+    // A job in flight while we look: the sleep and a status pipelined on one connection. The
+    // status is answered in the turn that read both, and that turn ends by dispatching the
+    // sleep, so from then on `status` shows it running on a worker.
+    let mut sleeper = Client::connect(&service.socket);
+    sleeper.send(json!({"id": "sleep", "op": "run", "job": "sleep", "args": {"seconds": 2}}));
+    sleeper.send(json!({"id": "status", "op": "status"}));
+    let first = sleeper.recv().expect("an answer");
+    assert_eq!(first["id"], "status", "the sleep answered first: {first}");
+    let status = service.status();
+    let busy: Vec<i32> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["current"].as_array().is_some_and(|c| !c.is_empty()))
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(
+        busy.len(),
+        1,
+        "exactly one worker should run the sleep: {status}"
+    );
+
+    let master = service.pid().as_raw();
+    assert_eq!(thread_count(master), 1, "the master must run one thread");
+    let tcp = tcp_inodes();
+    let master_tcp: Vec<u64> = socket_inodes(master).intersection(&tcp).copied().collect();
+    assert!(
+        master_tcp.is_empty(),
+        "the master holds TCP sockets {master_tcp:?}; descriptors: {:?}",
+        descriptors(master)
+    );
+    // The same check finds the database connection of the worker running the sleep.
+    let worker_tcp: Vec<u64> = socket_inodes(busy[0]).intersection(&tcp).copied().collect();
+    assert!(
+        !worker_tcp.is_empty(),
+        "the worker running the sleep holds no TCP socket; descriptors: {:?}",
+        descriptors(busy[0])
+    );
+
+    let slept = sleeper.recv().expect("the sleep's answer");
+    assert_eq!(slept["id"], "sleep");
+    assert_eq!(slept["ok"], true, "sleep failed: {slept}");
+}
+
+#[test]
+fn worker_starts_with_a_clean_process_state() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let master = service.pid().as_raw();
+    let workers: Vec<Value> = service.status()["workers"].as_array().unwrap().clone();
+    assert_eq!(workers.len(), 2);
+
+    let master_objects = shareable_objects(master);
+    // What the worker could have inherited is there: the listening socket, one channel per
+    // worker and both ends of the signal self-pipe (a socket pair). Pipes the test runner
+    // may have passed down are not counted on: they differ between machines.
+    let master_sockets = master_objects.iter().filter(|t| t.starts_with("socket:[")).count();
+    assert!(
+        master_sockets >= 1 + workers.len() + 2,
+        "the master should hold the listener, {} worker channels and the signal pipe: {:?}",
+        workers.len(),
+        descriptors(master)
+    );
+    let master_caught = signal_mask(master, "SigCgt");
+    for signal in [Signal::SIGTERM, Signal::SIGHUP, Signal::SIGCHLD] {
+        assert_ne!(
+            master_caught & bit(signal),
+            0,
+            "the master does not catch {signal}: SigCgt {master_caught:x}"
+        );
+    }
+
+    for worker in &workers {
+        let pid = worker["pid"].as_i64().unwrap() as i32;
+        let slot = worker["slot"].as_u64().unwrap();
+        let shared: Vec<String> = shareable_objects(pid)
+            .intersection(&master_objects)
+            .cloned()
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "worker {slot} (pid {pid}) shares {shared:?} with the master; worker: {:?}; master: {:?}",
+            descriptors(pid),
+            descriptors(master)
+        );
+        // glibc installs its own handler for its reserved signal 33 (SIGSETXID, for setuid
+        // across threads) on the first pthread_create, in every threaded process; 32
+        // (SIGCANCEL) is its other one. No other signal may have a handler.
+        let caught = signal_mask(pid, "SigCgt");
+        assert_eq!(
+            caught & !(GLIBC_SIGCANCEL | GLIBC_SIGSETXID),
+            0,
+            "worker {slot} has signal handlers (it should sigwait): SigCgt {caught:x}"
+        );
+        // glibc's posix_spawn sets its reserved signals to SIG_IGN in a child whose parent
+        // had handlers for them, so the master may start with them ignored (the test
+        // harness spawned it from a threaded process); glibc refuses any sigaction on them,
+        // so no reset can change that. Every other signal must be at its default.
+        let ignored = signal_mask(pid, "SigIgn");
+        assert_eq!(
+            ignored & !(GLIBC_SIGCANCEL | GLIBC_SIGSETXID),
+            bit(Signal::SIGPIPE),
+            "worker {slot} should ignore SIGPIPE and nothing else: SigIgn {ignored:x}"
+        );
+        assert_eq!(bit(Signal::SIGPIPE), 0x1000);
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), format!("forkpool-w{slot}"));
+    }
+}
+
+#[test]
+fn graceful_stop_on_sigterm_with_nothing_in_flight() {
+    let mut service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let workers = service.worker_pids();
+    assert_eq!(workers.len(), 2);
+    assert!(service.socket.exists());
+
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_exit();
+    assert_eq!(status.code(), Some(0), "logs:\n{}", service.logs());
+    assert!(
+        !service.socket.exists(),
+        "the socket file is still there after a graceful stop"
+    );
+    // The master reaps every worker before it exits, so they are gone already, not zombies
+    // waiting to be reaped (they were never our children: we could not waitpid them).
+    for pid in workers {
+        assert_eq!(
+            kill(Pid::from_raw(pid), None),
+            Err(Errno::ESRCH),
+            "worker {pid} outlived the master; logs:\n{}",
+            service.logs()
+        );
+    }
+}
+
+#[test]
+fn a_live_service_keeps_its_socket_and_a_stale_one_is_replaced() {
+    let cluster = Cluster::shared();
+    let mut first = Service::start(ServiceOptions::on(cluster));
+    let socket = first.socket.clone();
+    let socket_toml = format!("{:?}", socket.to_str().unwrap());
+
+    let mut second =
+        Service::spawn(ServiceOptions::on(cluster).service_key("socket", &socket_toml));
+    let refused = second.wait_exit();
+    assert_eq!(refused.code(), Some(2), "logs:\n{}", second.logs());
+    // The process has exited; its last stderr line may still be on its way to the reader.
+    second.wait_for_log("another forkpool is already serving at", 1);
+    // The refusal did not take the socket from the live service.
+    assert_eq!(first.submit("add", json!({"a": 1}))["ok"], true);
+
+    first.signal(Signal::SIGKILL);
+    let killed = first.wait_exit();
+    assert_eq!(killed.signal(), Some(Signal::SIGKILL as i32));
+    assert!(socket.exists(), "a killed master leaves its socket file");
+
+    let third = Service::start(ServiceOptions::on(cluster).service_key("socket", &socket_toml));
+    assert!(
+        third.logs().contains("removing stale socket"),
+        "logs:\n{}",
+        third.logs()
+    );
+    let answer = Client::connect(&socket)
+        .request(json!({"id": 1, "op": "run", "job": "add", "args": {"a": 1}}));
+    assert_eq!(
+        answer["ok"],
+        true,
+        "answer: {answer}; logs:\n{}",
+        third.logs()
+    );
+    assert_eq!(answer["result"]["rows"][0]["sum"], 2);
+}
+
+#[test]
+fn check_reports_every_config_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("config");
+    let workers_dir = dir.path().join("workers");
+    std::fs::create_dir_all(&config_dir).unwrap();
+    std::fs::create_dir_all(&workers_dir).unwrap();
+    let config = config_dir.join("forkpool.toml");
+    std::fs::write(
+        &config,
+        "[service]\nsokcet = \"x.sock\"\nshutdown_timeout = \"soon\"\n\n\
+         [workers]\ncuont = 3\n\n[databases.main]\nurl = \"host=localhost\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        workers_dir.join("bad_type.toml"),
+        "sql = \"SELECT :x AS x\"\n\n[params]\nx = \"integer-ish\"\n",
+    )
+    .unwrap();
+
+    let output = forkpool(&["check", "--config", config.to_str().unwrap()]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "stderr:\n{err}");
+    for needle in [
+        "forkpool.toml",
+        "service.sokcet",
+        "workers.cuont",
+        "service.shutdown_timeout",
+        "bad_type.toml",
+        "params.x",
+        "integer-ish",
+    ] {
+        assert!(
+            err.contains(needle),
+            "stderr does not name {needle:?}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn submit_to_a_missing_socket_says_the_service_is_not_running() {
+    let missing = forkpool(&[
+        "submit",
+        "--socket",
+        "/nonexistent/x.sock",
+        "add",
+        r#"{"a":1}"#,
+    ]);
+    let err = stderr(&missing);
+    assert_eq!(missing.status.code(), Some(3), "stderr:\n{err}");
+    assert!(err.contains("cannot reach forkpool at"), "stderr:\n{err}");
+    assert!(err.contains("/nonexistent/x.sock"), "stderr:\n{err}");
+    assert!(err.contains("is the service running?"), "stderr:\n{err}");
+
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let socket = socket_arg(&service);
+
+    let ok = forkpool(&["submit", "--socket", socket, "add", r#"{"a":1}"#]);
+    assert_eq!(ok.status.code(), Some(0), "stderr:\n{}", stderr(&ok));
+    let answer: Value = serde_json::from_str(&stdout(&ok)).unwrap();
+    assert_eq!(answer["result"]["rows"][0]["sum"], 2);
+
+    let not_object = forkpool(&["submit", "--socket", socket, "add", "[1, 2]"]);
+    assert_eq!(
+        not_object.status.code(),
+        Some(2),
+        "stderr:\n{}",
+        stderr(&not_object)
+    );
+
+    let failing = forkpool(&["submit", "--socket", socket, "no_such_job", "{}"]);
+    assert_eq!(
+        failing.status.code(),
+        Some(1),
+        "stderr:\n{}",
+        stderr(&failing)
+    );
+    let answer: Value = serde_json::from_str(&stdout(&failing))
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", stdout(&failing)));
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["error"]["kind"], "unknown_job", "answer: {answer}");
+}
+
+#[test]
+fn status_prints_a_table_and_json() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let socket = socket_arg(&service);
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+
+    let json_output = forkpool(&["status", "--socket", socket, "--json"]);
+    assert_eq!(json_output.status.code(), Some(0));
+    let status: Value = serde_json::from_str(&stdout(&json_output))
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(&json_output)));
+    let workers = status["workers"].as_array().expect("a workers array");
+    assert_eq!(workers.len(), 2, "status: {status}");
+    for worker in workers {
+        for key in [
+            "slot",
+            "pid",
+            "state",
+            "jobs_done",
+            "rss_bytes",
+            "current",
+            "restarts",
+        ] {
+            assert!(worker.get(key).is_some(), "worker lacks {key}: {worker}");
+        }
+    }
+    assert!(status["queue"]["depth"].is_u64(), "status: {status}");
+    assert!(status["totals"].is_object(), "status: {status}");
+    assert!(status["totals"]["accepted"].as_u64().unwrap() >= 1);
+    let done: u64 = workers
+        .iter()
+        .map(|w| w["jobs_done"].as_u64().unwrap())
+        .sum();
+    assert_eq!(done, 1, "status: {status}");
+
+    let table_output = forkpool(&["status", "--socket", socket]);
+    assert_eq!(table_output.status.code(), Some(0));
+    let table = stdout(&table_output);
+    let mut lines = table.lines().skip_while(|line| !line.contains("slot"));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no header:\n{table}"));
+    assert!(header.contains("pid"), "table:\n{table}");
+    let rows: Vec<&str> = lines.take_while(|line| !line.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "one line per worker:\n{table}");
+    for worker in workers {
+        let (slot, pid) = (worker["slot"].to_string(), worker["pid"].to_string());
+        assert!(
+            rows.iter().any(|row| {
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                fields.first() == Some(&slot.as_str()) && fields.get(1) == Some(&pid.as_str())
+            }),
+            "no line for worker {slot} (pid {pid}):\n{table}"
+        );
+    }
+}
+
+#[test]
+fn check_db_reaches_each_database_and_reports_version_tls_and_the_budget() {
+    let cluster = Cluster::shared();
+    let service = Service::start(ServiceOptions::on(cluster));
+    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .args(["check", "--db", "--config"])
+        .arg(&service.config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("PostgreSQL 1"), "{stdout}");
+    assert!(stdout.contains("TLS on"), "verify-full over TCP: {stdout}");
+    assert!(stdout.contains(": fits"), "{stdout}");
+    assert!(stdout.contains("password=********"), "{stdout}");
+
+    check_db_says_so_when_a_database_is_unreachable(&service);
+}
+
+/// With the database unreachable, `check --db` says so and exits 1.
+fn check_db_says_so_when_a_database_is_unreachable(service: &Service) {
+    let listener = support::silent_listener();
+    let config = std::fs::read_to_string(&service.config).unwrap();
+    let unreachable = service.dir.path().join("config/unreachable.toml");
+    let mut edited = String::new();
+    for line in config.lines() {
+        if line.starts_with("url = ") {
+            edited += &format!(
+                "url = \"host=127.0.0.1 port={} user=app dbname=app sslmode=disable\"\n",
+                listener.port()
+            );
+        } else {
+            edited += line;
+            edited.push('\n');
+        }
+    }
+    edited += "checkout_timeout = \"1s\"\nconnect_timeout = \"500ms\"\n";
+    std::fs::write(&unreachable, edited).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .args(["check", "--db", "--config"])
+        .arg(&unreachable)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("unreachable"), "{stdout}");
+}

@@ -1,0 +1,25 @@
+//! Shared helpers for the integration tests: a private PostgreSQL cluster per test binary
+//! (or per test), test certificates, and a TCP listener that never answers.
+//!
+//! Each test file does `mod support;` and compiles this module into its own binary, using
+//! only the helpers it needs; without the allows below every binary would warn about the
+//! helpers (and their re-exports) that only *other* binaries use.
+#![allow(dead_code, unused_imports)]
+
+mod binaries;
+mod certs;
+mod cluster;
+mod installation;
+mod postmaster;
+mod server_files;
+mod service;
+mod silent;
+
+pub use binaries::{default_search_path, find_server_bindir};
+pub use certs::{certificate_authority, server_certificate, CertifiedKey};
+pub use cluster::{
+    describe, Cluster, ClusterOptions, APP_DATABASE, APP_PASSWORD, APP_USER,
+    HARNESS_APPLICATION_NAME,
+};
+pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
+pub use silent::{silent_listener, SilentListener};

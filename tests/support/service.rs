@@ -1,0 +1,340 @@
+//! The real `forkpool` binary, started on a configuration written for one test, and a client
+//! that speaks its socket protocol.
+//!
+//! Readiness is awaited as an event: the master's log lines are read from its stderr as they
+//! come, and `start` returns once every worker has logged `ready`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use super::Cluster;
+
+/// How long a test waits for an event of the service before it fails with the logs.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a test's service looks like.
+pub struct ServiceOptions {
+    pub workers: usize,
+    pub threads: usize,
+    /// `url` of `[databases.main]`.
+    pub database_url: String,
+    /// More TOML appended to the configuration (e.g. a `[service]` key is not possible this
+    /// way; use `service_keys`).
+    pub service_keys: Vec<(String, String)>,
+    pub worker_keys: Vec<(String, String)>,
+    pub database_keys: Vec<(String, String)>,
+    /// Extra job files: (name, TOML), next to copies of the repository's `workers/`.
+    pub jobs: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
+    /// The program to run: the `forkpool` binary, or one of the examples built on the library.
+    pub program: PathBuf,
+}
+
+impl ServiceOptions {
+    /// Two single-threaded workers on the cluster over TCP with TLS verified (verify-full).
+    pub fn on(cluster: &Cluster) -> ServiceOptions {
+        ServiceOptions {
+            workers: 2,
+            threads: 1,
+            database_url: format!(
+                "{} sslrootcert={}",
+                cluster.tcp_url("verify-full"),
+                cluster.ca_cert().display()
+            ),
+            service_keys: Vec::new(),
+            worker_keys: Vec::new(),
+            database_keys: Vec::new(),
+            jobs: Vec::new(),
+            env: Vec::new(),
+            program: PathBuf::from(env!("CARGO_BIN_EXE_forkpool")),
+        }
+    }
+
+    /// Runs the example program `name` (built by `cargo test` next to the test binaries)
+    /// instead of `forkpool`.
+    pub fn example(mut self, name: &str) -> Self {
+        let deps = std::env::current_exe().expect("the test's own path");
+        let profile_dir = deps
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>");
+        self.program = profile_dir.join("examples").join(name);
+        assert!(
+            self.program.exists(),
+            "{} is not built (cargo test builds examples)",
+            self.program.display()
+        );
+        self
+    }
+
+    pub fn job(mut self, name: &str, toml: &str) -> Self {
+        self.jobs.push((name.to_string(), toml.to_string()));
+        self
+    }
+
+    pub fn service_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.service_keys
+            .push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    pub fn worker_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.worker_keys
+            .push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    pub fn database_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.database_keys
+            .push((key.to_string(), toml_value.to_string()));
+        self
+    }
+}
+
+/// The service's stderr, collected line by line as it arrives.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+pub struct Service {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    log: Arc<Log>,
+    pub workers: usize,
+}
+
+impl Service {
+    /// Writes the configuration and job files into a fresh directory, starts
+    /// `forkpool run`, and returns once every worker is ready.
+    pub fn start(options: ServiceOptions) -> Service {
+        let service = Service::spawn(options);
+        service.wait_for_log("ready", service.workers);
+        service
+    }
+
+    /// Starts the binary without waiting for anything (for tests of start-up failures).
+    pub fn spawn(options: ServiceOptions) -> Service {
+        let dir = tempfile::Builder::new()
+            .prefix("forkpool-service-")
+            .tempdir()
+            .expect("temp dir");
+        let config_dir = dir.path().join("config");
+        let workers_dir = dir.path().join("workers");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        std::fs::create_dir_all(&workers_dir).unwrap();
+        let repo_workers = Path::new(env!("CARGO_MANIFEST_DIR")).join("workers");
+        for entry in std::fs::read_dir(repo_workers).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                std::fs::copy(&path, workers_dir.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        for (name, toml) in &options.jobs {
+            std::fs::write(workers_dir.join(format!("{name}.toml")), toml).unwrap();
+        }
+        let mut config = String::from("[service]\n");
+        for (key, value) in &options.service_keys {
+            config += &format!("{key} = {value}\n");
+        }
+        config += &format!(
+            "\n[workers]\ncount = {}\nthreads = {}\n",
+            options.workers, options.threads
+        );
+        for (key, value) in &options.worker_keys {
+            config += &format!("{key} = {value}\n");
+        }
+        config += &format!(
+            "\n[databases.main]\nurl = {}\n",
+            toml_string(&options.database_url)
+        );
+        for (key, value) in &options.database_keys {
+            config += &format!("{key} = {value}\n");
+        }
+        let config_path = config_dir.join("forkpool.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = Command::new(&options.program);
+        command
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("FORKPOOL_CONFIG")
+            .env_remove("FORKPOOL_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("starting the forkpool binary");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lines.lock().unwrap().push(line);
+                    log.grew.notify_all();
+                }
+            });
+        }
+        Service {
+            child: Some(child),
+            socket: config_dir.join("forkpool.sock"),
+            config: config_path,
+            dir,
+            log,
+            workers: options.workers,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Everything the service logged so far.
+    pub fn logs(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until at least `count` log lines contain `needle`; panics with the logs if the
+    /// service does not get there within `EVENT_TIMEOUT`.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if lines.iter().filter(|line| line.contains(needle)).count() >= count {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let logs = lines.join("\n");
+                panic!(
+                    "waited {EVENT_TIMEOUT:?} for {count} log lines with {needle:?}; logs:\n{logs}"
+                );
+            }
+            lines = self.log.grew.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    /// Runs one job on a fresh connection and returns the whole answer.
+    pub fn submit(&self, job: &str, args: Value) -> Value {
+        self.client()
+            .request(json!({"id": 1, "op": "run", "job": job, "args": args}))
+    }
+
+    pub fn status(&self) -> Value {
+        let answer = self
+            .client()
+            .request(json!({"id": "status", "op": "status"}));
+        assert_eq!(answer["ok"], true, "status failed: {answer}");
+        answer["result"].clone()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signalling the master");
+    }
+
+    /// Waits for the master to exit (and reaps it).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = Pid::from_raw(child.id() as i32);
+        let (done, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait());
+        });
+        match exited.recv_timeout(EVENT_TIMEOUT) {
+            Ok(status) => status.expect("waiting for the master"),
+            Err(_) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                panic!("the service did not exit; logs:\n{}", self.logs());
+            }
+        }
+    }
+
+    /// The pids of the workers, from `status`.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.status()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_i64().unwrap() as i32)
+            .collect()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A connection to the service: send requests (pipelined if you like), read answers.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Client {
+        let stream = UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+        stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    pub fn send(&mut self, request: Value) {
+        let mut line = request.to_string();
+        line.push('\n');
+        self.send_raw(line.as_bytes());
+    }
+
+    /// The next answer line; `None` when the service closed the connection.
+    pub fn recv(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {line:?}")),
+            ),
+            Err(e) => panic!("reading an answer: {e}"),
+        }
+    }
+
+    pub fn request(&mut self, request: Value) -> Value {
+        self.send(request);
+        self.recv()
+            .expect("the service closed the connection without answering")
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}

@@ -1,0 +1,572 @@
+//! forkpool under systemd (DESIGN §9), with the test standing in for systemd: it listens on a
+//! `NOTIFY_SOCKET` datagram socket, passes a listening socket as descriptor 3 with
+//! `LISTEN_FDS`/`LISTEN_PID`, and sets `JOURNAL_STREAM`. The units themselves are checked by
+//! `systemd-analyze verify` when it is installed. Everything runs the real binary against a
+//! real PostgreSQL cluster.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+
+use support::{Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+
+// ---- the notification socket ---------------------------------------------------------------
+
+/// The test's end of `NOTIFY_SOCKET`: every datagram the service sent, in order.
+struct Notifications {
+    socket: UnixDatagram,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    seen: Vec<String>,
+}
+
+impl Notifications {
+    fn bind() -> Notifications {
+        let dir = tempfile::Builder::new()
+            .prefix("forkpool-notify-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
+        Notifications {
+            socket,
+            _dir: dir,
+            path,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The variable that names this socket to the service.
+    fn env(&self) -> (&'static str, String) {
+        ("NOTIFY_SOCKET", self.path.to_str().unwrap().to_string())
+    }
+
+    /// The next datagram within `timeout`, if one comes.
+    fn next(&mut self, timeout: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buffer = [0u8; 4096];
+        match self.socket.recv(&mut buffer) {
+            Ok(n) => {
+                let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                self.seen.push(message.clone());
+                Some(message)
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => None,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut) => None,
+            Err(e) => panic!("reading the notify socket: {e}"),
+        }
+    }
+
+    /// Reads datagrams until one has the line `line` (e.g. `READY=1`); returns it.
+    fn wait_for(&mut self, line: &str) -> String {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "waited {EVENT_TIMEOUT:?} for {line:?}; received: {:#?}",
+                    self.seen
+                );
+            }
+            if let Some(message) = self.next(left) {
+                if message.lines().any(|l| l == line) {
+                    return message;
+                }
+            }
+        }
+    }
+
+    /// Throws away what is already queued.
+    fn drain(&mut self) {
+        self.socket.set_nonblocking(true).unwrap();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buffer) {
+            self.seen
+                .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        self.socket.set_nonblocking(false).unwrap();
+    }
+}
+
+/// The value of `KEY=value` in a notification.
+fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
+    message
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn monotonic_usec() -> i128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as i128 * 1_000_000 + now.tv_nsec as i128 / 1_000
+}
+
+/// Workers of `generation` that serve (idle or busy), from a `status` answer.
+fn serving(status: &Value, generation: u64) -> usize {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| {
+            w["generation"] == generation && matches!(w["state"].as_str(), Some("idle" | "busy"))
+        })
+        .count()
+}
+
+// ---- the units -----------------------------------------------------------------------------
+
+/// `systemd-analyze verify` on both units. The service's `ExecStart=` names
+/// /usr/local/bin/forkpool, which verify requires to exist, so the units are verified from a
+/// temporary copy whose `ExecStart=` points at the binary under test.
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let service = std::fs::read_to_string(units.join("forkpool.service")).unwrap();
+    assert!(service.contains("ExecStart=/usr/local/bin/forkpool run"));
+    let service = service.replace("/usr/local/bin/forkpool", env!("CARGO_BIN_EXE_forkpool"));
+    std::fs::write(dir.path().join("forkpool.service"), service).unwrap();
+    std::fs::copy(
+        units.join("forkpool.socket"),
+        dir.path().join("forkpool.socket"),
+    )
+    .unwrap();
+    let output = match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("forkpool.service"))
+        .arg(dir.path().join("forkpool.socket"))
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("systemd-analyze is not installed: the units are not verified here");
+            return;
+        }
+        Err(e) => panic!("running systemd-analyze: {e}"),
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "systemd-analyze verify:\n{said}");
+    assert!(
+        !said.contains("forkpool"),
+        "systemd-analyze verify has remarks:\n{said}"
+    );
+}
+
+// ---- notifications -------------------------------------------------------------------------
+
+#[test]
+fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
+    let mut notifications = Notifications::bind();
+    let mut options = ServiceOptions::on(Cluster::shared());
+    let (key, value) = notifications.env();
+    options.env.push((key.to_string(), value));
+    // WATCHDOG_PID is left out: sd_watchdog_enabled(3) then takes the watchdog as ours.
+    options
+        .env
+        .push(("WATCHDOG_USEC".to_string(), "200000".to_string()));
+    let mut service = Service::spawn(options);
+
+    let ready = notifications.wait_for("READY=1");
+    let status = service.status();
+    assert_eq!(
+        serving(&status, 1),
+        2,
+        "READY=1 before the workers served: {status}"
+    );
+    let line = field(&ready, "STATUS").expect("READY=1 comes with a STATUS=");
+    assert!(line.starts_with("2/2 workers serving, queue 0"), "{line}");
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+
+    // STATUS= is refreshed on its own, and the watchdog is pinged at half WATCHDOG_USEC.
+    let refreshed = loop {
+        let message = notifications.wait_for_any();
+        if field(&message, "STATUS").is_some() && !message.contains("READY=1") {
+            break message;
+        }
+    };
+    assert!(
+        field(&refreshed, "STATUS").unwrap().contains("jobs/s"),
+        "{refreshed}"
+    );
+    for _ in 0..3 {
+        notifications.wait_for("WATCHDOG=1");
+    }
+
+    // A stopped loop pings no more; a resumed one pings again.
+    service.signal(Signal::SIGSTOP);
+    match waitpid(service.pid(), Some(WaitPidFlag::WUNTRACED)) {
+        Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => {}
+        other => panic!("expected the master stopped, got {other:?}"),
+    }
+    notifications.drain();
+    let silent_for = Duration::from_secs(1); // five watchdog intervals
+    if let Some(message) = notifications.next(silent_for) {
+        let _ = kill(service.pid(), Signal::SIGCONT);
+        panic!("a stopped master sent {message:?}");
+    }
+    service.signal(Signal::SIGCONT);
+    notifications.wait_for("WATCHDOG=1");
+
+    // Reload: RELOADING=1 with the monotonic time, READY=1 once the new generation serves.
+    let before = monotonic_usec();
+    service.signal(Signal::SIGHUP);
+    let reloading = notifications.wait_for("RELOADING=1");
+    let after = monotonic_usec();
+    let stamp: i128 = field(&reloading, "MONOTONIC_USEC")
+        .expect("RELOADING=1 comes with MONOTONIC_USEC=")
+        .parse()
+        .unwrap();
+    assert!(
+        before <= stamp && stamp <= after,
+        "{before} <= {stamp} <= {after}"
+    );
+    notifications.wait_for("READY=1");
+    let status = service.status();
+    assert_eq!(
+        serving(&status, 2),
+        2,
+        "READY=1 before the reload was done: {status}"
+    );
+
+    service.signal(Signal::SIGTERM);
+    notifications.wait_for("STOPPING=1");
+    assert!(service.wait_exit().success());
+    notifications.drain();
+    let after_stopping: Vec<&String> = notifications
+        .seen
+        .iter()
+        .skip_while(|m| !m.contains("STOPPING=1"))
+        .filter(|m| m.contains("READY=1"))
+        .collect();
+    assert!(
+        after_stopping.is_empty(),
+        "READY=1 after STOPPING=1: {after_stopping:?}"
+    );
+}
+
+impl Notifications {
+    fn wait_for_any(&mut self) -> String {
+        self.next(EVENT_TIMEOUT)
+            .unwrap_or_else(|| panic!("no notification within {EVENT_TIMEOUT:?}"))
+    }
+}
+
+// ---- socket activation ---------------------------------------------------------------------
+
+/// Writes `digits` of `value` into `buffer` (NUL-terminated) without allocating: this runs
+/// between fork and exec.
+fn decimal(mut value: u32, buffer: &mut [u8; 16]) -> *const libc::c_char {
+    let mut at = buffer.len() - 1;
+    buffer[at] = 0;
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    buffer[at..].as_ptr().cast()
+}
+
+#[test]
+fn serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
+    let cluster = Cluster::shared();
+    let dir = tempfile::Builder::new()
+        .prefix("forkpool-activated-")
+        .tempdir()
+        .unwrap();
+    let workers = dir.path().join("workers");
+    std::fs::create_dir(&workers).unwrap();
+    let repo_workers = Path::new(env!("CARGO_MANIFEST_DIR")).join("workers");
+    for entry in std::fs::read_dir(repo_workers).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, workers.join(path.file_name().unwrap())).unwrap();
+    }
+    let url = ServiceOptions::on(cluster).database_url;
+    let config = dir.path().join("forkpool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[service]\nsocket = \"own.sock\"\ncatalog = \"workers\"\n\n\
+             [workers]\ncount = 2\n\n[databases.main]\nurl = {}\n",
+            Value::String(url)
+        ),
+    )
+    .unwrap();
+
+    // What systemd does for forkpool.socket: bind, listen, hand over as descriptor 3.
+    let activated = dir.path().join("activated.sock");
+    let listener = UnixListener::bind(&activated).unwrap();
+    let listener_fd = listener.as_raw_fd();
+    let mut notifications = Notifications::bind();
+    let log_path = dir.path().join("stderr.log");
+    // The whole environment is set in the hook: std installs a changed environment only
+    // after the hooks ran, which would undo a LISTEN_PID set there; an unchanged one is the
+    // process's `environ`, which setenv in the child changes.
+    let set: Vec<(std::ffi::CString, std::ffi::CString)> = [
+        ("RUST_LOG", "info".to_string()),
+        ("LISTEN_FDS", "1".to_string()),
+        notifications.env(),
+    ]
+    .into_iter()
+    .map(|(key, value)| {
+        (
+            std::ffi::CString::new(key).unwrap(),
+            std::ffi::CString::new(value).unwrap(),
+        )
+    })
+    .collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_forkpool"));
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log_path).unwrap());
+    // SAFETY: between fork and exec the hook calls only dup2, fcntl, getpid and
+    // setenv/unsetenv (glibc keeps malloc usable in a forked child) on data prepared before.
+    unsafe {
+        command.pre_exec(move || {
+            let failed = |rc: libc::c_int| {
+                if rc < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            if listener_fd == 3 {
+                failed(libc::fcntl(3, libc::F_SETFD, 0))?;
+            } else {
+                failed(libc::dup2(listener_fd, 3))?;
+            }
+            for (key, value) in &set {
+                failed(libc::setenv(key.as_ptr(), value.as_ptr(), 1))?;
+            }
+            failed(libc::unsetenv(c"FORKPOOL_CONFIG".as_ptr()))?;
+            failed(libc::unsetenv(c"FORKPOOL_SOCKET".as_ptr()))?;
+            let mut buffer = [0u8; 16];
+            let pid = decimal(libc::getpid() as u32, &mut buffer);
+            failed(libc::setenv(c"LISTEN_PID".as_ptr(), pid, 1))
+        });
+    }
+    let child = command.spawn().expect("starting the forkpool binary");
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let guard = KillOnDrop(Pid::from_raw(child.id() as i32));
+
+    notifications.wait_for("READY=1");
+    assert!(
+        !dir.path().join("own.sock").exists(),
+        "the configured socket was bound although systemd passed one; logs:\n{}",
+        logs()
+    );
+    assert!(
+        logs().contains(&format!("serving on {}", activated.display())),
+        "logs:\n{}",
+        logs()
+    );
+
+    let answer = Client::connect(&activated)
+        .request(json!({"id": 1, "op": "run", "job": "add", "args": {"a": 1, "b": 2}}));
+    assert_eq!(answer["ok"], true, "answer: {answer}\nlogs:\n{}", logs());
+    kill(guard.0, Signal::SIGTERM).unwrap();
+    notifications.wait_for("STOPPING=1");
+    let status = wait_with_timeout(child);
+    std::mem::forget(guard);
+    assert!(status.success(), "exit {status}; logs:\n{}", logs());
+    assert!(
+        activated.exists(),
+        "the service removed the socket systemd owns; logs:\n{}",
+        logs()
+    );
+    drop(listener);
+}
+
+/// Kills the child if the test fails before it stopped it.
+struct KillOnDrop(Pid);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGKILL);
+    }
+}
+
+/// Waits for the child's exit in a thread, so the test can give up on it.
+fn wait_with_timeout(mut child: std::process::Child) -> std::process::ExitStatus {
+    let pid = Pid::from_raw(child.id() as i32);
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait());
+    });
+    match exited.recv_timeout(EVENT_TIMEOUT) {
+        Ok(Ok(status)) => status,
+        other => {
+            let _ = kill(pid, Signal::SIGKILL);
+            panic!("the service did not exit: {other:?}");
+        }
+    }
+}
+
+// ---- status --prometheus -------------------------------------------------------------------
+
+/// Parses the text exposition: samples by `name{labels}`, and the names with HELP and TYPE.
+fn parse_exposition(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    let mut samples = BTreeMap::new();
+    let mut types = BTreeMap::new();
+    let mut helped = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.push(rest.split_whitespace().next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let name = words.next().unwrap().to_string();
+            types.insert(name, words.next().unwrap().to_string());
+        } else {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|e| panic!("sample value ({e}): {line:?}"));
+            let name = series.split('{').next().unwrap();
+            assert!(types.contains_key(name), "{name} has no TYPE line");
+            assert!(helped.iter().any(|h| h == name), "{name} has no HELP line");
+            samples.insert(series.to_string(), value);
+        }
+    }
+    (samples, types)
+}
+
+#[test]
+fn status_prometheus_counts_the_jobs_that_ran() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let jobs = 5;
+    for a in 0..jobs {
+        assert_eq!(service.submit("add", json!({"a": a}))["ok"], true);
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .args(["status", "--prometheus", "--socket"])
+        .arg(&service.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let (samples, types) = parse_exposition(&text);
+
+    for (name, kind) in &types {
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}"
+        );
+    }
+    assert_eq!(
+        samples["forkpool_jobs_accepted_total"], jobs as f64,
+        "{text}"
+    );
+    assert_eq!(
+        samples["forkpool_jobs_succeeded_total"], jobs as f64,
+        "{text}"
+    );
+    assert_eq!(samples["forkpool_jobs_failed_total"], 0.0, "{text}");
+    assert_eq!(samples["forkpool_queue_depth"], 0.0, "{text}");
+    assert_eq!(samples["forkpool_workers{state=\"idle\"}"], 2.0, "{text}");
+    let done: f64 = samples
+        .iter()
+        .filter(|(series, _)| series.starts_with("forkpool_worker_jobs_done_total{slot="))
+        .map(|(_, value)| value)
+        .sum();
+    assert_eq!(done, jobs as f64, "{text}");
+    for (series, _) in samples
+        .iter()
+        .filter(|(s, _)| s.starts_with("forkpool_pool_"))
+    {
+        assert!(series.contains("database=\"main\""), "{series}");
+    }
+    for slot in 1..=2 {
+        let rss = samples[&format!("forkpool_worker_rss_bytes{{slot=\"{slot}\"}}")];
+        assert!(rss >= 0.0, "{text}");
+    }
+
+    let both = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .args(["status", "--prometheus", "--json", "--socket"])
+        .arg(&service.socket)
+        .output()
+        .unwrap();
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--json and --prometheus together"
+    );
+
+    // Not under journald, not a terminal: plain lines, no priority prefix, no colour.
+    let logs = service.logs();
+    assert!(!logs.contains('\x1b'), "colour in a pipe:\n{logs}");
+    assert!(
+        !logs.starts_with('<'),
+        "a journald prefix without JOURNAL_STREAM:\n{logs}"
+    );
+}
+
+// ---- journald ------------------------------------------------------------------------------
+
+#[test]
+fn under_journald_every_line_carries_its_syslog_priority() {
+    let mut options = ServiceOptions::on(Cluster::shared());
+    options
+        .env
+        .push(("JOURNAL_STREAM".to_string(), "1:1".to_string()));
+    let mut service = Service::start(options);
+    // At workers.count already: SIGTTOU is refused with a warning.
+    service.signal(Signal::SIGTTOU);
+    service.wait_for_log("SIGTTOU", 1);
+    service.signal(Signal::SIGTERM);
+    assert!(service.wait_exit().success());
+    let logs = service.logs();
+    for line in logs.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .map(|(n, _)| n);
+        assert!(
+            matches!(priority, Some("3" | "4" | "6" | "7")),
+            "no syslog priority: {line:?}\nlogs:\n{logs}"
+        );
+        assert!(!line.contains('\x1b'), "colour: {line:?}");
+    }
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("ready")),
+        "logs:\n{logs}"
+    );
+    assert!(
+        logs.lines().any(|l| l.starts_with("<4>SIGTTOU")),
+        "logs:\n{logs}"
+    );
+    assert!(!logs.contains("[20"), "a timestamp under journald:\n{logs}");
+}
