@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# forkpool against pgbench on the same SQL, with and without TLS, and against a
+# connect-per-job baseline (pgbench -C: a new connection per transaction, like SQLAlchemy's
+# NullPool). One command from a clean checkout:
+#
+#   bash benches/compare.sh
+#
+# Settings (environment): WORKERS (4: forkpool workers = pgbench clients), DURATION (10:
+# seconds per run), KEEP_LOGS (a directory to copy every run's output and logs to), PIPELINE (4: requests each bench client keeps in flight for the
+# throughput run; the latency run uses 1), BOOT_WORKERS (16: workers for the start-up time).
+#
+# Everything lives in a temporary directory (a private cluster on a free port with TLS,
+# certificates made with openssl, the forkpool configuration) removed on exit. The
+# machine's own PostgreSQL is never touched.
+set -euo pipefail
+
+WORKERS=${WORKERS:-4}
+DURATION=${DURATION:-10}
+PIPELINE=${PIPELINE:-4}
+BOOT_WORKERS=${BOOT_WORKERS:-16}
+APP_PASSWORD=bench-Secret-1
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+find_bindir() {
+    if command -v pg_config >/dev/null && [ -x "$(pg_config --bindir)/initdb" ]; then
+        pg_config --bindir
+        return
+    fi
+    for dir in /usr/lib/postgresql/*/bin; do
+        [ -x "$dir/initdb" ] && { echo "$dir"; return; }
+    done
+    echo "compare.sh: no PostgreSQL server programs (initdb); install them with" \
+        "'bash scripts/install-postgres.sh'" >&2
+    exit 2
+}
+for tool in pgbench openssl python3; do
+    command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed" >&2; exit 2; }
+done
+bindir=$(find_bindir)
+
+echo "== building forkpool (release)" >&2
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+forkpool="$repo/target/release/forkpool"
+
+tmp=$(mktemp -d /tmp/forkpool-compare-XXXXXX)
+postmaster_pid=""
+service_pid=""
+cleanup() {
+    [ -n "$service_pid" ] && kill -TERM "$service_pid" 2>/dev/null && wait "$service_pid" 2>/dev/null
+    [ -n "$postmaster_pid" ] && kill -INT "$postmaster_pid" 2>/dev/null && wait "$postmaster_pid" 2>/dev/null
+    if [ -n "${KEEP_LOGS:-}" ] && [ -d "$tmp/logs" ]; then
+        mkdir -p "$KEEP_LOGS" && cp -r "$tmp/logs/." "$tmp/server.log" "$KEEP_LOGS/"
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The server programs refuse to run as root: run them as the postgres user then. setpriv
+# execs (no fork, unlike runuser), so a background server's $! is the postmaster itself.
+as_server_user=()
+[ "$(id -u)" = 0 ] && as_server_user=(setpriv --reuid=postgres --regid=postgres --init-groups)
+[ "$(id -u)" = 0 ] && chown postgres: "$tmp"
+cd "$tmp" # a directory the server user may enter
+
+echo "== private cluster in $tmp" >&2
+certs="$tmp/certs"
+mkdir "$certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=forkpool bench CA" -keyout "$certs/ca.key" -out "$certs/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -subj "/CN=localhost" -keyout "$certs/server.key" -out "$certs/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$certs/san.ext"
+openssl x509 -req -in "$certs/server.csr" -CA "$certs/ca.crt" -CAkey "$certs/ca.key" \
+    -CAcreateserial -days 2 -extfile "$certs/san.ext" -out "$certs/server.crt" 2>/dev/null
+chmod 600 "$certs/server.key"
+[ "$(id -u)" = 0 ] && chown -R postgres: "$certs"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"${as_server_user[@]}" "$bindir/initdb" -D "$tmp/data" -U postgres -A trust -N -E UTF8 --locale=C >/dev/null
+cat >"$tmp/data/pg_hba.conf" <<EOF
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+EOF
+cat >>"$tmp/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$tmp'
+ssl = on
+ssl_cert_file = '$certs/server.crt'
+ssl_key_file = '$certs/server.key'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+EOF
+# The postmaster is this script's child (not daemonised by pg_ctl), so `wait` reaps it.
+"${as_server_user[@]}" "$bindir/postgres" -D "$tmp/data" >"$tmp/server.log" 2>&1 &
+postmaster_pid=$!
+until "$bindir/pg_isready" -q -h "$tmp" -p "$port"; do
+    kill -0 "$postmaster_pid" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
+    sleep 0.05 # pg_ctl -w polls the same way: the server has no readiness event to wait on
+done
+psql -q -h "$tmp" -p "$port" -U postgres -d postgres \
+    -c "CREATE ROLE app LOGIN PASSWORD '$APP_PASSWORD'" -c "CREATE DATABASE app OWNER app"
+export PGPASSWORD=$APP_PASSWORD
+
+# The same SQL for both: pgbench's script and forkpool's job.
+cat >"$tmp/plus_one.sql" <<'EOF'
+\set a random(1, 1000)
+SELECT :a + 1;
+EOF
+mkdir "$tmp/workers" "$tmp/logs"
+cat >"$tmp/workers/plus_one.toml" <<'EOF'
+description = "SELECT :a + 1, the statement pgbench runs"
+sql = "SELECT :a + 1 AS b"
+
+[params]
+a = "int8"
+EOF
+
+# Prints "tps p50_us p99_us" of one pgbench run (percentiles from its per-transaction log).
+run_pgbench() {
+    local sslmode=$1 name=$2
+    shift 2
+    rm -f "$tmp/logs/$name".*
+    PGSSLMODE=$sslmode pgbench -n -h 127.0.0.1 -p "$port" -U app -M prepared \
+        -c "$WORKERS" -j 2 -T "$DURATION" -f "$tmp/plus_one.sql" \
+        -l --log-prefix="$tmp/logs/$name" "$@" app >"$tmp/logs/out-$name" 2>&1 ||
+        { cat "$tmp/logs/out-$name" >&2; exit 1; }
+    local tps
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$tmp/logs/out-$name" | head -1)
+    echo "$tps $(cat "$tmp/logs/$name".* | python3 "$here/percentiles.py" 3)"
+}
+
+# Starts `forkpool run` with $2 workers on sslmode $1, waits until all are idle and writes
+# the milliseconds that took to $tmp/ready_ms.
+start_service() {
+    local sslmode=$1 count=$2
+    cat >"$tmp/forkpool.toml" <<EOF
+[service]
+socket = "forkpool.sock"
+catalog = "workers"
+
+[workers]
+count = $count
+max = $((count > 16 ? count : 16))
+
+[databases.main]
+url = "host=127.0.0.1 port=$port user=app dbname=app sslmode=$sslmode"
+EOF
+    local spawned_ns
+    spawned_ns=$(date +%s%N)
+    RUST_LOG=warn "$forkpool" run --config "$tmp/forkpool.toml" 2>>"$tmp/logs/service.log" &
+    service_pid=$!
+    python3 "$here/wait_ready.py" "$tmp/forkpool.sock" "$count" "$service_pid" "$spawned_ns" \
+        >"$tmp/ready_ms"
+}
+
+stop_service() {
+    kill -TERM "$service_pid"
+    wait "$service_pid" || true
+    service_pid=""
+}
+
+# Prints "jobs_per_second p50_us p99_us failed" of one bench run.
+run_bench() {
+    local pipeline=$1
+    "$forkpool" bench --socket "$tmp/forkpool.sock" --job plus_one --args '{"a": 500}' \
+        --clients "$WORKERS" --pipeline "$pipeline" --duration "$DURATION" --json |
+        python3 -c 'import json, sys; r = json.load(sys.stdin); l = r["latency_us"]
+print(r["jobs_per_second"], l["p50"], l["p99"], r["failed"])'
+}
+
+results="$tmp/results"
+: >"$results"
+for sslmode in require disable; do
+    echo "== sslmode=$sslmode: pgbench" >&2
+    echo "pgbench $sslmode $(run_pgbench "$sslmode" "pgbench-$sslmode")" >>"$results"
+    echo "== sslmode=$sslmode: pgbench -C (connect per job)" >&2
+    echo "connect-per-job $sslmode $(run_pgbench "$sslmode" "connect-$sslmode" -C)" >>"$results"
+    echo "== sslmode=$sslmode: forkpool bench, pipeline 1 and $PIPELINE" >&2
+    start_service "$sslmode" "$WORKERS"
+    echo "forkpool-p1 $sslmode $(run_bench 1)" >>"$results"
+    echo "forkpool-p$PIPELINE $sslmode $(run_bench "$PIPELINE")" >>"$results"
+    if [ "$sslmode" = require ]; then
+        "$forkpool" status --socket "$tmp/forkpool.sock" --json >"$tmp/status.json"
+        master_rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$service_pid/status")
+    fi
+    stop_service
+done
+
+echo "== start-up: $BOOT_WORKERS workers" >&2
+start_service require "$BOOT_WORKERS"
+boot_ms=$(cat "$tmp/ready_ms")
+stop_service
+
+echo
+echo "forkpool $(git -C "$repo" rev-parse --short HEAD), $(nproc) cores, ${DURATION}s per run," \
+    "$WORKERS workers = pgbench clients (-j 2), SELECT :a + 1, -M prepared"
+python3 "$here/table.py" "$results" "$PIPELINE"
+python3 - "$tmp/status.json" "$master_rss_kib" <<'EOF'
+import json, sys
+status = json.load(open(sys.argv[1]))
+rss = sorted(w["rss_bytes"] / 1048576 for w in status["workers"])
+print(f"\nRSS after the TLS runs: master {int(sys.argv[2]) / 1024:.1f} MiB (/proc), "
+      f"workers {', '.join(f'{r:.1f}' for r in rss)} MiB (status rss_bytes)")
+EOF
+echo "start-up: forkpool run to $BOOT_WORKERS idle workers: $boot_ms ms"
