@@ -196,7 +196,10 @@ fn worker_starts_with_a_clean_process_state() {
     // What the worker could have inherited is there: the listening socket, one channel per
     // worker and both ends of the signal self-pipe (a socket pair). Pipes the test runner
     // may have passed down are not counted on: they differ between machines.
-    let master_sockets = master_objects.iter().filter(|t| t.starts_with("socket:[")).count();
+    let master_sockets = master_objects
+        .iter()
+        .filter(|t| t.starts_with("socket:["))
+        .count();
     assert!(
         master_sockets >= 1 + workers.len() + 2,
         "the master should hold the listener, {} worker channels and the signal pipe: {:?}",
