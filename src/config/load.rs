@@ -25,6 +25,9 @@ const SERVICE_KEYS: &[&str] = &[
     "socket",
     "socket_mode",
     "allowed_uids",
+    "allowed_gids",
+    "max_clients",
+    "client_idle_timeout",
     "queue_limit",
     "max_request_bytes",
     "shutdown_timeout",
@@ -236,6 +239,11 @@ impl Loader {
         self.check(s.queue_limit >= 1, "service.queue_limit", &[], || {
             "service.queue_limit = 0: the queue must hold at least one job".to_string()
         });
+        self.check(s.max_clients >= 1, "service.max_clients", &[], || {
+            "service.max_clients = 0: at least one client must be able to connect \
+             (there is no unlimited: every client holds a descriptor and buffers)"
+                .to_string()
+        });
         self.check(
             s.max_request_bytes >= MIN_REQUEST_BYTES,
             "service.max_request_bytes",
@@ -334,7 +342,10 @@ fn set_service(s: &mut ServiceConfig, key: &str, v: &Value) -> Result<(), Fault>
     match key {
         "socket" => s.socket = values::path(v)?,
         "socket_mode" => s.socket_mode = values::octal_mode(v)?,
-        "allowed_uids" => s.allowed_uids = values::uid_list(v)?,
+        "allowed_uids" => s.allowed_uids = values::id_list(v, "uids")?,
+        "allowed_gids" => s.allowed_gids = values::id_list(v, "gids")?,
+        "max_clients" => s.max_clients = values::whole_number(v)?,
+        "client_idle_timeout" => s.client_idle_timeout = values::optional_duration(v)?,
         "queue_limit" => s.queue_limit = values::whole_number(v)?,
         "max_request_bytes" => s.max_request_bytes = values::whole_number(v)?,
         "shutdown_timeout" => s.shutdown_timeout = values::duration(v)?,
@@ -450,6 +461,55 @@ mod tests {
             .collect();
         known.sort();
         assert_eq!(found, known);
+    }
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("forkpool.toml");
+        std::fs::write(&file, text).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(&file, &env)
+    }
+
+    #[test]
+    fn client_limits_have_defaults_and_take_file_and_env_values() {
+        let config = load_text("", &[]).unwrap();
+        assert_eq!(config.service.max_clients, 1024);
+        assert_eq!(
+            config.service.client_idle_timeout,
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert!(config.service.allowed_gids.is_empty());
+        let config = load_text(
+            "[service]\nmax_clients = 5\nclient_idle_timeout = \"0\"\nallowed_gids = [10, 20]\n",
+            &[("FORKPOOL_SERVICE__ALLOWED_UIDS", "1000,1001")],
+        )
+        .unwrap();
+        assert_eq!(config.service.max_clients, 5);
+        assert_eq!(config.service.client_idle_timeout, None);
+        assert_eq!(config.service.allowed_gids, [10, 20]);
+        assert_eq!(config.service.allowed_uids, [1000, 1001]);
+    }
+
+    #[test]
+    fn max_clients_zero_is_refused_naming_the_key() {
+        let errors = load_text(
+            "[service]\nmax_clients = 0\nallowed_gids = \"staff\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(errors.problems.len(), 2, "{errors}");
+        assert!(
+            errors.problems[0].contains("service.allowed_gids = \"staff\": not a list of gids"),
+            "{errors}"
+        );
+        assert!(
+            errors.problems[1].contains("service.max_clients = 0: at least one client"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -43,8 +43,15 @@ pub struct ServiceConfig {
     pub socket: PathBuf,
     /// Permission bits of the created socket, written as an octal string (`"0660"`).
     pub socket_mode: u32,
-    /// Peer uids allowed to submit; empty means whoever can open the socket file.
+    /// Peer uids allowed to submit. With `allowed_gids` also empty, whoever can open the
+    /// socket file; otherwise a peer in either list, and always the service's own uid.
     pub allowed_uids: Vec<u32>,
+    /// Peer primary gids (`SO_PEERCRED`) allowed to submit, next to `allowed_uids`.
+    pub allowed_gids: Vec<u32>,
+    /// Client connections held at once; one more is answered `too_many_clients` and closed.
+    pub max_clients: usize,
+    /// Close a client that sent nothing and awaits nothing for this long (`None`: never).
+    pub client_idle_timeout: Option<Duration>,
     /// Jobs the master holds waiting for a worker before answering `queue_full`.
     pub queue_limit: usize,
     /// A request line longer than this is answered `too_large` and the connection closed.
@@ -64,6 +71,14 @@ impl Default for ServiceConfig {
             socket_mode: 0o660,
             // The file mode is the access control unless a list is given.
             allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            // Far more than a pool of job submitters needs, and below the descriptor limit
+            // the master raises itself to, so a flood is refused with an answer instead of
+            // failing `accept` for everyone.
+            max_clients: 1024,
+            // Long enough for an interactive client between requests; short enough that
+            // connections a client forgot (or a stalled half line) do not pile up.
+            client_idle_timeout: Some(Duration::from_secs(300)),
             // Large enough to absorb a burst, small enough that memory stays bounded.
             queue_limit: 10_000,
             // 1 MiB: far more than any sane argument object, far less than a runaway client.

@@ -112,13 +112,14 @@ pub fn octal_mode(value: &Value) -> Result<u32, String> {
     }
 }
 
-/// A list of uids: a TOML array, or (from the environment) `"1000,1001"` or `"[1000, 1001]"`.
-pub fn uid_list(value: &Value) -> Result<Vec<u32>, String> {
-    const HINT: &str = "not a list of uids (write [1000, 1001])";
+/// A list of uids or gids (`what`): a TOML array, or (from the environment) `"1000,1001"`
+/// or `"[1000, 1001]"`.
+pub fn id_list(value: &Value, what: &str) -> Result<Vec<u32>, String> {
+    let hint = || format!("not a list of {what} (write [1000, 1001])");
     match value {
         Value::Array(_, items) => items
             .iter()
-            .map(|item| whole_number(item).map_err(|_| HINT.to_string()))
+            .map(|item| whole_number(item).map_err(|_| hint()))
             .collect(),
         Value::String(_, text) => text
             .trim()
@@ -126,10 +127,10 @@ pub fn uid_list(value: &Value) -> Result<Vec<u32>, String> {
             .trim_end_matches(']')
             .split(',')
             .map(str::trim)
-            .filter(|uid| !uid.is_empty())
-            .map(|uid| uid.parse().map_err(|_| HINT.to_string()))
+            .filter(|id| !id.is_empty())
+            .map(|id| id.parse().map_err(|_| hint()))
             .collect(),
-        _ => Err(HINT.to_string()),
+        _ => Err(hint()),
     }
 }
 
@@ -214,13 +215,16 @@ mod tests {
     }
 
     #[test]
-    fn uids_come_as_an_array_or_a_comma_list() {
+    fn ids_come_as_an_array_or_a_comma_list() {
         let array = Value::from(vec![Value::from(1000i64), Value::from(1001i64)]);
-        assert_eq!(uid_list(&array), Ok(vec![1000, 1001]));
-        assert_eq!(uid_list(&s("1000, 1001")), Ok(vec![1000, 1001]));
-        assert_eq!(uid_list(&s("[1000]")), Ok(vec![1000]));
-        assert_eq!(uid_list(&s("")), Ok(vec![]));
-        assert!(uid_list(&s("root")).is_err());
+        assert_eq!(id_list(&array, "uids"), Ok(vec![1000, 1001]));
+        assert_eq!(id_list(&s("1000, 1001"), "uids"), Ok(vec![1000, 1001]));
+        assert_eq!(id_list(&s("[1000]"), "gids"), Ok(vec![1000]));
+        assert_eq!(id_list(&s(""), "gids"), Ok(vec![]));
+        assert_eq!(
+            id_list(&s("wheel"), "gids"),
+            Err("not a list of gids (write [1000, 1001])".to_string())
+        );
     }
 
     #[test]
