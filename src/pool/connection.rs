@@ -163,7 +163,7 @@ impl Endpoint {
 
     /// Sends a cancel request for `token` over a fresh socket with the same TLS mode,
     /// bounded by connect_timeout. Best effort: the caller discards or resets anyway.
-    fn cancel(&self, runtime: &Runtime, token: &CancelToken) {
+    pub(crate) fn cancel(&self, runtime: &Runtime, token: &CancelToken) {
         let deadline = Instant::now() + self.connect_timeout;
         let socket = match self.open_socket(deadline) {
             Ok(socket) => socket,
@@ -407,6 +407,11 @@ impl Connection {
 
     pub(crate) fn is_broken(&self) -> bool {
         self.broken || self.client.is_closed()
+    }
+
+    /// What another thread needs to cancel this session's running query.
+    pub(crate) fn cancel_token(&self) -> CancelToken {
+        self.client.cancel_token()
     }
 
     /// Runs `operation` against the client, bounded by `limit` (`None`: unbounded except by
