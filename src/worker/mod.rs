@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 use crate::catalog::Catalog;
 use crate::databases::Databases;
 use crate::ipc::{self, FromWorker, ToWorker};
+use crate::pool::PooledConnection;
 use crate::protocol::{ErrorBody, ErrorKind};
 pub(crate) use pools::Pools;
 pub(crate) use sql_job::pool_error_body;
@@ -57,7 +58,8 @@ struct Job {
 enum Stop {
     /// Told to stop (frame or TERM): finish the jobs already received.
     Graceful,
-    /// Told to stop fast (frame, INT or QUIT): exit now; the master answers what is left.
+    /// Told to stop fast (frame, INT or QUIT): cancel running queries and exit now; the
+    /// master answers what is left.
     Fast,
     /// The channel closed: the master is gone. Finish the current jobs, then exit.
     MasterGone,
@@ -124,17 +126,20 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
         select! {
             recv(stop_rx) -> stop => break stop.unwrap_or(Stop::MasterGone),
             recv(ticker) -> _ => {
-                pools.maintain();
+                // The beat goes first: maintenance may wait on a slow server (bounded by
+                // connect_timeout), which must not look like a hung worker to the master.
                 let beat = FromWorker::Heartbeat { rss_bytes: resident_bytes(), pools: pools.stats() };
                 if send(&writer, &beat).is_err() {
                     break Stop::MasterGone;
                 }
+                pools.maintain();
             }
         }
     };
     match stop {
         Stop::Fast => {
-            info!("worker {} stopping now", setup.slot);
+            info!("worker {} stopping now; cancelling running queries", setup.slot);
+            pools.cancel_running();
             return 0;
         }
         Stop::Graceful => info!("worker {} stopping after its current jobs", setup.slot),
@@ -221,7 +226,8 @@ fn execute_jobs(
     catalog: &Catalog,
 ) {
     for job in jobs {
-        let (ok, body) = match run_job(slot, &job, pools, catalog) {
+        let mut held = None;
+        let (ok, body) = match run_job(slot, &job, pools, catalog, &mut held) {
             Ok(result) => (true, result),
             Err(error) => (false, error.to_json()),
         };
@@ -238,11 +244,20 @@ fn execute_jobs(
         {
             return;
         }
+        // Checkin (and its reset) after the answer is on its way.
+        drop(held);
     }
 }
 
-/// Runs one job; the result object as JSON text, or the error.
-fn run_job(slot: usize, job: &Job, pools: &Pools, catalog: &Catalog) -> Result<String, ErrorBody> {
+/// Runs one job; the result object as JSON text, or the error. A SQL job's connection is
+/// left in `held` for the caller to return after answering.
+fn run_job(
+    slot: usize,
+    job: &Job,
+    pools: &Pools,
+    catalog: &Catalog,
+    held: &mut Option<PooledConnection>,
+) -> Result<String, ErrorBody> {
     let spec = catalog.get(&job.name).ok_or_else(|| {
         ErrorBody::new(
             ErrorKind::Internal,
@@ -259,7 +274,7 @@ fn run_job(slot: usize, job: &Job, pools: &Pools, catalog: &Catalog) -> Result<S
         }
         None => {
             let pool = pools.get(&spec.database)?;
-            let output = sql_job::run(&pool, spec, &args, deadline, &format!("job {}", job.id))?;
+            let output = sql_job::run(&pool, spec, &args, deadline, &format!("job {}", job.id), held)?;
             let mut result = json!({ "rows": output.rows, "rows_affected": output.rows_affected });
             if output.truncated {
                 result["truncated"] = Value::Bool(true);

@@ -77,6 +77,14 @@ impl Pools {
         Value::Object(stats)
     }
 
+    /// Fast stop: the server is asked to cancel every query still running (see
+    /// [`Pool::cancel_running`]).
+    pub fn cancel_running(&self) {
+        for pool in self.all() {
+            pool.cancel_running();
+        }
+    }
+
     /// Graceful stop: each idle connection is closed with a Terminate message.
     pub fn close(&self) {
         for pool in self.all() {

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::catalog::{row_to_json, JobSpec};
-use crate::pool::{self, Pool};
+use crate::pool::{self, Pool, PooledConnection};
 use crate::protocol::{ErrorBody, ErrorKind};
 
 /// What a SQL job produced: the rows of the last statement that returned rows, and the count
@@ -21,21 +21,25 @@ pub struct SqlOutput {
 ///
 /// A single statement runs without `BEGIN`/`COMMIT`: PostgreSQL already runs it atomically in
 /// its own implicit transaction, and the two round trips would double a trivial job's latency.
-/// The connection goes back through the pool's checkin, which resets it (`reset_on_return`) —
-/// so even a job that times out mid-transaction leaves nothing open for the next one.
+/// The connection is left in `held`: the caller answers first and then drops it, so the
+/// pool's checkin — which resets it (`reset_on_return`), so even a job that times out
+/// mid-transaction leaves nothing open for the next one — is not part of the job's latency.
+/// The outcome is final before that: a transaction is committed or rolled back here.
 pub fn run(
     pool: &Pool,
     job: &JobSpec,
     args: &Map<String, Value>,
     deadline: Instant,
     label: &str,
+    held: &mut Option<PooledConnection>,
 ) -> Result<SqlOutput, ErrorBody> {
     let values = job
         .bind(args)
         .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))?;
-    let mut conn = pool
-        .checkout(label)
-        .map_err(|e| pool_error_body(e, &job.database))?;
+    let conn = held.insert(
+        pool.checkout(label)
+            .map_err(|e| pool_error_body(e, &job.database))?,
+    );
     conn.set_deadline(Some(deadline));
     let explicit_transaction = job.transaction && job.statements.len() > 1;
     if explicit_transaction {
