@@ -124,3 +124,34 @@ fn a_stopped_backend_bounds_query_reset_and_discard() {
     assert_eq!(stats.closed_by_reason.get("reset"), Some(&1), "{stats:?}");
     assert_eq!(stats.size, 0);
 }
+
+#[test]
+fn cancel_running_stops_a_query_held_by_another_thread() {
+    let cluster = Cluster::shared();
+    let pool = pool(cluster, "t-cancel-running", PoolSettings::new());
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let sleeper = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let mut connection = pool.checkout("long").unwrap();
+            started_tx.send(connection.backend_pid()).unwrap();
+            let began = Instant::now();
+            let outcome = connection.query_sql("SELECT pg_sleep(60)", &[]).map(drop);
+            (outcome, began.elapsed())
+        })
+    };
+    let backend = started_rx.recv().unwrap();
+    // The cancel must find the query running, not still on its way to the server.
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {backend} AND query LIKE '%pg_sleep(60)%' AND state = 'active'"
+    );
+    let deadline = Instant::now() + NOT_HUNG;
+    while cluster.query_value(&running).as_deref() == Some("0") {
+        assert!(Instant::now() < deadline, "the sleep never started");
+    }
+    pool.cancel_running();
+    let (outcome, took) = sleeper.join().unwrap();
+    let error = outcome.expect_err("the cancelled sleep should fail");
+    assert!(error.to_string().contains("57014"), "{error}");
+    assert!(took < NOT_HUNG, "{took:?}");
+}

@@ -3,11 +3,15 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::{Cluster, Service, ServiceOptions};
+use support::{Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
 fn pids(status: &Value) -> BTreeSet<i64> {
     status["workers"]
@@ -189,4 +193,317 @@ fn sigterm_under_load_answers_every_accepted_request() {
     }
     assert_eq!(answered, 40, "every accepted request answered exactly once");
     assert!(service.wait_exit().success());
+}
+
+/// Asks `status` until `accept` holds (each answer is taken between the master's events),
+/// for at most `EVENT_TIMEOUT`; returns that status.
+fn status_until(service: &Service, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let status = service.status();
+        if accept(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited for {what}; status: {status}\nlogs:\n{}",
+            service.logs()
+        );
+        // Paces the polling; what is awaited is the status above.
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every worker in `status` serving and idle, and `count` of them.
+fn all_idle(status: &Value, count: usize) -> bool {
+    let workers = status["workers"].as_array().unwrap();
+    workers.len() == count && workers.iter().all(|w| w["state"] == "idle")
+}
+
+/// A client that runs jobs one after another until told to stop, checking each answer's id;
+/// returns (answered ok, answered worker_lost). Anything else fails the test.
+fn steady_load(socket: std::path::PathBuf, name: usize, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let mut client = Client::connect(&socket);
+    let (mut ok, mut lost) = (0, 0);
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let id = format!("{name}-{i}");
+        let request = if i % 2 == 0 {
+            json!({"id": id, "op": "run", "job": "sleep", "args": {"seconds": 0.02}})
+        } else {
+            json!({"id": id, "op": "run", "job": "add", "args": {"a": i, "b": 1}})
+        };
+        let answer = client.request(request);
+        assert_eq!(answer["id"], id.as_str(), "answers come in order: {answer}");
+        if answer["ok"] == true {
+            ok += 1;
+        } else if answer["error"]["kind"] == "worker_lost" {
+            lost += 1;
+        } else {
+            panic!("unexpected answer: {answer}");
+        }
+        i += 1;
+    }
+    // Nothing is pending on this connection, so no second answer to any request can follow:
+    // the next line is the pong.
+    let pong = client.request(json!({"id": "last", "op": "ping"}));
+    assert_eq!(pong["id"], "last", "{pong}");
+    (ok, lost)
+}
+
+#[test]
+fn random_workers_killed_every_100ms_under_load_answer_every_request_exactly_once() {
+    let mut options = ServiceOptions::on(Cluster::shared())
+        .worker_key("min_lifetime", "\"0s\"")
+        .worker_key("give_up_after", "1000000")
+        .worker_key("restart_backoff_max", "\"200ms\"");
+    options.workers = 4;
+    let service = Service::start(options);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|name| {
+            let socket = service.socket.clone();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || steady_load(socket, name, stop))
+        })
+        .collect();
+    let mut killed = 0;
+    let storm = Instant::now();
+    while storm.elapsed() < Duration::from_secs(4) {
+        // The storm's pace, not a synchronisation.
+        thread::sleep(Duration::from_millis(100));
+        let pids = service.worker_pids();
+        let victim = pids[fastrand::usize(..pids.len())];
+        if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut lost) = (0, 0);
+    for loader in loaders {
+        let (o, l) = loader.join().expect("a load client failed");
+        ok += o;
+        lost += l;
+    }
+    eprintln!("{killed} workers killed; {ok} jobs ok, {lost} answered worker_lost");
+    assert!(killed >= 20, "the storm killed only {killed} workers");
+    assert!(ok > 0);
+    status_until(&service, "all 4 workers back and idle", |s| all_idle(s, 4));
+}
+
+#[test]
+fn a_crash_loop_backs_off_and_the_master_gives_up_with_exit_code_1() {
+    let mut options = ServiceOptions::on(Cluster::shared())
+        .worker_key("min_lifetime", "\"1h\"")
+        .worker_key("give_up_after", "4")
+        .worker_key("restart_backoff_max", "\"400ms\"");
+    options.workers = 1;
+    let mut service = Service::start(options);
+    // Each worker dies soon after it is ready: within min_lifetime, so each is a crash.
+    for crash in 1..=4 {
+        service.wait_for_log(") ready", crash);
+        let pid = service.worker_pids()[0];
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        if crash < 4 {
+            service.wait_for_log("in a row; next start in", crash);
+        }
+    }
+    service.wait_for_log("giving up", 1);
+    let exit = service.wait_exit();
+    assert_eq!(exit.code(), Some(1), "{exit:?}");
+    let logs = service.logs();
+    let delays: Vec<&str> = logs
+        .lines()
+        .filter_map(|line| line.split("next start in ").nth(1))
+        .collect();
+    assert_eq!(
+        delays,
+        ["100ms", "200ms", "400ms"],
+        "doubling, capped:\n{logs}"
+    );
+}
+
+#[test]
+fn a_worker_stuck_past_timeout_and_grace_is_killed_and_the_job_answered_timeout() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let mut client = service.client();
+    client.send(json!({"id": "stuck", "op": "run", "job": "sleep", "args": {"seconds": 60}, "timeout_ms": 1000}));
+    let victim = busy_worker_pid(&service);
+    // A stopped worker can neither cancel its query nor answer: only the master ends this.
+    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
+    let answer = client.recv().unwrap();
+    assert_eq!(answer["id"], "stuck");
+    assert_eq!(answer["error"]["kind"], "timeout", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("was killed"), "{message}");
+    service.wait_for_log(") ready", 3);
+    let status = status_until(&service, "the replacement serving", |s| all_idle(s, 2));
+    assert!(!pids(&status).contains(&victim));
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+}
+
+/// Resumes a stopped backend however the test ends.
+struct Resume<'a>(&'a Cluster, i32);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.sigcont(self.1);
+    }
+}
+
+#[test]
+fn a_stopped_backend_is_answered_timeout_by_its_own_worker_which_serves_on() {
+    let cluster = Cluster::shared();
+    let app = "t-stopped-backend";
+    let service = Service::start(
+        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
+    );
+    let before = pids(&service.status());
+    let mut client = service.client();
+    client.send(json!({"id": "frozen", "op": "run", "job": "sleep", "args": {"seconds": 60}, "timeout_ms": 1000}));
+    let running = format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = '{app}' \
+         AND state = 'active' AND query LIKE '%pg_sleep%'"
+    );
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let backend = loop {
+        if let Some(pid) = cluster.query_value(&running) {
+            break pid.parse::<i32>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the sleep never started");
+    };
+    cluster.sigstop(backend);
+    let resume = Resume(cluster, backend);
+    let answer = client.recv().unwrap();
+    drop(resume);
+    assert_eq!(answer["error"]["kind"], "timeout", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cancelled"),
+        "the worker answered itself: {message}"
+    );
+    assert_eq!(pids(&service.status()), before, "no worker was killed");
+    for i in 0..4 {
+        let answer = service.submit("add", json!({"a": i}));
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+}
+
+#[test]
+fn kill_9_of_the_master_takes_every_worker_and_session_with_it() {
+    let cluster = Cluster::shared();
+    let app = "t-master-killed";
+    let mut service = Service::start(
+        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
+    );
+    // Two jobs at once: each worker opens a session.
+    let mut client = service.client();
+    for id in 0..2 {
+        client.send(json!({"id": id, "op": "run", "job": "sleep", "args": {"seconds": 0.3}}));
+    }
+    for _ in 0..2 {
+        assert_eq!(client.recv().unwrap()["ok"], true);
+    }
+    assert!(
+        !cluster.backend_pids(app).is_empty(),
+        "the workers hold sessions"
+    );
+    let workers = service.worker_pids();
+    service.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    assert!(!service.wait_exit().success());
+    // Gone: no process, or a zombie nobody reaps (this sandbox's init does not).
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+    };
+    while workers.iter().any(alive) {
+        assert!(
+            killed.elapsed() < EVENT_TIMEOUT,
+            "workers outlived the master"
+        );
+    }
+    let gone_after = killed.elapsed();
+    eprintln!("workers gone {gone_after:?} after the master was killed");
+    assert!(gone_after < Duration::from_secs(1), "{gone_after:?}");
+    while !cluster.backend_pids(app).is_empty() {
+        assert!(
+            killed.elapsed() < EVENT_TIMEOUT,
+            "sessions outlived their workers"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn hup_under_load_replaces_every_worker_with_no_failed_job() {
+    let mut options = ServiceOptions::on(Cluster::shared());
+    options.workers = 3;
+    let service = Service::start(options);
+    let before = pids(&service.status());
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders: Vec<_> = (0..4)
+        .map(|name| {
+            let socket = service.socket.clone();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || steady_load(socket, name, stop))
+        })
+        .collect();
+    // The load is on before the reload.
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+    std::fs::write(
+        service.dir.path().join("workers/triple.toml"),
+        "sql = \"SELECT :x * 3 AS y\"\n[params]\nx = \"int4\"\n",
+    )
+    .unwrap();
+    let reload = Instant::now();
+    service.signal(Signal::SIGHUP);
+    service.wait_for_log("replaced after a reload", 3);
+    service.wait_for_log("exited with code 0", 3);
+    let took = reload.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut lost) = (0, 0);
+    for loader in loaders {
+        let (o, l) = loader.join().expect("a load client failed");
+        ok += o;
+        lost += l;
+    }
+    eprintln!("reload of 3 workers under load took {took:?}; {ok} jobs ok meanwhile");
+    assert_eq!(lost, 0, "a reload must not lose a job");
+    let after = status_until(&service, "3 new workers", |s| all_idle(s, 3));
+    assert!(pids(&after).is_disjoint(&before));
+    let answer = service.submit("triple", json!({"x": 5}));
+    assert_eq!(answer["result"]["rows"], json!([{"y": 15}]), "{answer}");
+}
+
+#[test]
+fn sigint_cancels_running_queries_and_answers_shutting_down() {
+    let cluster = Cluster::shared();
+    let app = "t-fast-stop";
+    let mut service = Service::start(
+        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
+    );
+    let mut client = service.client();
+    client.send(json!({"id": "long", "op": "run", "job": "sleep", "args": {"seconds": 600}}));
+    busy_worker_pid(&service);
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' \
+         AND state = 'active' AND query LIKE '%pg_sleep%'"
+    );
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while cluster.query_value(&running).as_deref() == Some("0") {
+        assert!(Instant::now() < deadline, "the sleep never started");
+    }
+    service.signal(Signal::SIGINT);
+    let answer = client.recv().unwrap();
+    assert_eq!(answer["error"]["kind"], "shutting_down", "{answer}");
+    assert!(service.wait_exit().success());
+    // Without the cancel the server would sleep on for ten minutes for nobody.
+    while cluster.query_value(&running).as_deref() != Some("0") {
+        assert!(
+            Instant::now() < deadline,
+            "the query outlived the fast stop"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
