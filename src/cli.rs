@@ -220,6 +220,9 @@ fn check(config: Option<&Path>, db: bool, service: &Service) -> i32 {
         Err(code) => return code,
     };
     println!("config {}: ok", config.file.display());
+    if let Some(warning) = config.exposed_password_warning() {
+        eprintln!("forkpool: warning: {warning}");
+    }
     println!(
         "catalog {}: {} jobs ({})",
         config.service.catalog.display(),

@@ -102,6 +102,27 @@ pub fn load(
     loader.finish()
 }
 
+/// The `databases.NAME.url` keys of a configuration file's text whose value carries a
+/// password (`password=` in a key=value string, `user:password@` in a URL), for `check`'s
+/// warning. The environment is not looked at: a password there is not in the file.
+pub fn keys_with_passwords(text: &str) -> Vec<String> {
+    let Ok(settings) = layers::from_toml(text, key_depth) else {
+        return Vec::new();
+    };
+    settings
+        .into_iter()
+        .filter_map(|setting| match (setting.path.as_slice(), &setting.value) {
+            ([section, _, key], Value::String(_, url))
+                if section == "databases" && key == "url" =>
+            {
+                let info = crate::pool::ConnInfo::parse(url).ok()?;
+                info.password.is_some().then(|| setting.path.join("."))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// How many levels a section's keys have: `databases.NAME.key`, `section.key`, and an
 /// unknown section stops at its own name so it is reported once.
 fn key_depth(section: &str) -> usize {
@@ -510,6 +531,54 @@ mod tests {
             errors.problems[1].contains("service.max_clients = 0: at least one client"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn passwords_are_found_in_key_value_strings_and_urls_only() {
+        let text = r#"
+[databases.kv]
+url = "host=db user=app password='s e c'"
+[databases.url]
+url = "postgresql://app:p%40ss@db/app"
+[databases.user_only]
+url = "postgresql://app@db/app"
+[databases.file]
+url = "host=db"
+password_file = "secret"
+"#;
+        assert_eq!(
+            keys_with_passwords(text),
+            ["databases.kv.url", "databases.url.url"]
+        );
+        assert!(keys_with_passwords("not [toml").is_empty());
+    }
+
+    #[test]
+    fn check_warns_about_a_password_in_a_file_others_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("forkpool.toml");
+        let set_mode =
+            |mode| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::write(
+            &file,
+            "[databases.main]\nurl = \"host=db password=hunter2\"\n",
+        )
+        .unwrap();
+        set_mode(0o644);
+        let config = Config::load_from(&file, &[]).unwrap();
+        let warning = config.exposed_password_warning().expect("a warning");
+        assert!(warning.contains("mode 0644"), "{warning}");
+        assert!(warning.contains("databases.main.url"), "{warning}");
+        assert!(warning.contains("chmod 600"), "{warning}");
+        assert!(warning.contains("password_file"), "{warning}");
+        assert!(!warning.contains("hunter2"), "{warning}");
+        // Group-readable is how a service group shares it (README: 0640, group forkpool).
+        set_mode(0o640);
+        assert_eq!(config.exposed_password_warning(), None);
+        std::fs::write(&file, "[databases.main]\nurl = \"host=db\"\n").unwrap();
+        set_mode(0o644);
+        assert_eq!(config.exposed_password_warning(), None);
     }
 
     #[test]

@@ -264,6 +264,28 @@ impl Config {
         load::load(&file, found_by, &env)
     }
 
+    /// Why the file should not stay as it is: it holds a database password (in a `url`) and
+    /// every user of the machine may read it. Group-readable is not warned about: that is how
+    /// the service's own group is given the file. `None` when all is well or the file cannot
+    /// be read now.
+    pub fn exposed_password_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&self.file).ok()?.permissions().mode() & 0o7777;
+        if mode & 0o004 == 0 {
+            return None;
+        }
+        let keys = load::keys_with_passwords(&std::fs::read_to_string(&self.file).ok()?);
+        (!keys.is_empty()).then(|| {
+            format!(
+                "{} (mode {mode:04o}) is readable by every user and holds a password ({}): \
+                 `chmod 600` it (640 to share it with the service's group), or move the \
+                 password to password_file or the PGPASSWORD environment variable",
+                self.file.display(),
+                keys.join(", ")
+            )
+        })
+    }
+
     /// Same as [`Config::load`], from an explicit file and an explicit environment (only the
     /// `FORKPOOL_` variables in it are read), so tests do not depend on the process's.
     pub fn load_from(file: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
