@@ -267,12 +267,13 @@ fn request(target: &Target, request: &Value) -> Result<Value, i32> {
     let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
     let mut line = request.to_string();
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(unreachable)?;
+    // A refused connection (`forbidden`, `too_many_clients`) is answered at once and closed,
+    // maybe before this write arrives: the write then fails, and the answer is read anyway.
+    let sent = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(unreachable)?;
+    let received = BufReader::new(&stream).read_line(&mut answer);
     if answer.is_empty() {
+        sent.and(received).map_err(unreachable)?;
         eprintln!(
             "forkpool at {} closed the connection without answering",
             socket.display()

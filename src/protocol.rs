@@ -26,6 +26,8 @@ pub enum ErrorKind {
     JobFailed,
     ShuttingDown,
     Forbidden,
+    /// The service holds `service.max_clients` connections; this one is closed.
+    TooManyClients,
     Internal,
 }
 
@@ -46,6 +48,7 @@ impl ErrorKind {
             ErrorKind::JobFailed => "job_failed",
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::TooManyClients => "too_many_clients",
             ErrorKind::Internal => "internal",
         }
     }

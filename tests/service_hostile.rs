@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::{Cluster, Service, ServiceOptions, APP_PASSWORD};
+use support::{Cluster, Service, ServiceOptions, APP_PASSWORD, EVENT_TIMEOUT};
 
 const NOTE: &str = r#"
 sql = [
@@ -118,11 +118,17 @@ fn garbage_partial_lines_and_floods_never_stop_a_well_behaved_client() {
         .contains("duplicate key `a`"));
     good.send_raw(b"{\"id\":\"big\",\"op\":\"run\",\"job\":\"add\",\"args\":{\"a\":1e400}}\n");
     assert_eq!(good.recv().unwrap()["error"]["kind"], "bad_request");
-    // A thousand idle connections at once; the good client is still served.
+    // A thousand idle connections at once; the good client is still served, and the
+    // master's memory stays small (a generous bound: it is about 7 MiB when idle).
     let crowd: Vec<UnixStream> = (0..1000)
         .map(|_| UnixStream::connect(&service.socket).unwrap())
         .collect();
     check(&mut good, 200);
+    let rss = resident_bytes(service.pid().as_raw());
+    assert!(
+        rss < 64 * 1024 * 1024,
+        "the master holds {rss} bytes with 1000 clients"
+    );
     for (i, mut c) in crowd.into_iter().enumerate().step_by(97) {
         c.write_all(format!("{{\"id\":{i},\"op\":\"ping\"}}\n").as_bytes())
             .unwrap();
@@ -135,6 +141,87 @@ fn garbage_partial_lines_and_floods_never_stop_a_well_behaved_client() {
         assert_eq!(answer["result"]["pong"], true);
     }
     check(&mut good, 300);
+}
+
+/// VmRSS of a process, from /proc.
+fn resident_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"));
+    kib * 1024
+}
+
+/// Reads until EOF, failing the test if the service holds the connection open past
+/// `EVENT_TIMEOUT`; returns what was read.
+fn read_until_closed(stream: &mut UnixStream) -> String {
+    stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+    let mut text = String::new();
+    match stream.read_to_string(&mut text) {
+        Ok(_) => text,
+        Err(e) => panic!("the service did not close the connection ({e}); read {text:?}"),
+    }
+}
+
+#[test]
+fn idle_clients_are_closed_but_never_while_a_job_is_in_flight() {
+    let cluster = Cluster::shared();
+    let service =
+        Service::start(ServiceOptions::on(cluster).service_key("client_idle_timeout", "\"1s\""));
+    // A half line, then silence.
+    let mut stalled = UnixStream::connect(&service.socket).unwrap();
+    stalled.write_all(br#"{"id":1,"op":"pi"#).unwrap();
+    // A job that outlasts the idle timeout: its client sends nothing while it runs.
+    let mut waiting = service.client();
+    waiting.send(json!({"id": "slow", "op": "run", "job": "sleep", "args": {"seconds": 2.5}}));
+    assert_eq!(read_until_closed(&mut stalled), "");
+    service.wait_for_log("nothing received for 1s (service.client_idle_timeout)", 1);
+    let answer = waiting.recv().expect("closed while its job was in flight");
+    assert_eq!(answer["result"]["rows"][0]["slept"], 2.5, "{answer}");
+    // Answered, and then idle itself: closed in turn.
+    assert!(waiting.recv().is_none(), "still open after its answer");
+    service.wait_for_log("service.client_idle_timeout", 2);
+    // A client that keeps talking is served throughout.
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+}
+
+#[test]
+fn connections_past_max_clients_are_refused_and_slots_come_back() {
+    let cluster = Cluster::shared();
+    let service = Service::start(ServiceOptions::on(cluster).service_key("max_clients", "5"));
+    let mut held: Vec<support::Client> = (0..5)
+        .map(|i| {
+            let mut client = service.client();
+            let answer = client.request(json!({"id": i, "op": "ping"}));
+            assert_eq!(answer["result"]["pong"], true, "{answer}");
+            client
+        })
+        .collect();
+    // The sixth is told why, then closed, without having sent anything.
+    let mut sixth = UnixStream::connect(&service.socket).unwrap();
+    let text = read_until_closed(&mut sixth);
+    let refusal: Value = serde_json::from_str(text.trim_end()).unwrap_or_else(|e| {
+        panic!("one answer line expected ({e}): {text:?}");
+    });
+    assert_eq!(refusal["error"]["kind"], "too_many_clients", "{refusal}");
+    assert!(refusal["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("service.max_clients = 5"));
+    for (i, client) in held.iter_mut().enumerate() {
+        let i = i as i64;
+        let answer = client.request(json!({"id": i, "op": "run", "job": "add", "args": {"a": i}}));
+        assert_eq!(answer["result"]["rows"][0]["sum"], i + 1, "{answer}");
+    }
+    // One leaves. A request answered on another connection afterwards means the master
+    // has seen the hang-up (both were readable in the same turn or it came first).
+    drop(held.remove(0));
+    let answer = held[0].request(json!({"id": "after", "op": "ping"}));
+    assert_eq!(answer["result"]["pong"], true);
+    let answer = service.submit("add", json!({"a": 41}));
+    assert_eq!(answer["result"]["rows"][0]["sum"], 42, "{answer}");
 }
 
 fn raise_descriptor_limit() {
@@ -159,27 +246,55 @@ fn passwords_never_appear_in_trace_logs_or_status() {
         "trace logging was on"
     );
     assert!(!logs.contains(APP_PASSWORD), "the logs show the password");
+    // The harness's url carries the password: `check` warns while others may read the file.
+    let set_mode = |mode| {
+        std::fs::set_permissions(&service.config, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(0o644);
+    let printed = run_check(&service);
+    assert!(printed.contains("********"), "{printed}");
+    assert!(
+        !printed.contains(APP_PASSWORD),
+        "check shows the password: {printed}"
+    );
+    assert!(
+        printed.contains("(mode 0644) is readable by every user and holds a password")
+            && printed.contains("chmod 600"),
+        "{printed}"
+    );
+    set_mode(0o600);
+    let printed = run_check(&service);
+    assert!(printed.contains("ok"), "{printed}");
+    assert!(!printed.contains("warning"), "{printed}");
+}
+
+/// `forkpool check` on the service's configuration: its exit code must be 0 (a warning does
+/// not fail it); returns stdout and stderr.
+fn run_check(service: &Service) -> String {
     let check = Command::new(env!("CARGO_BIN_EXE_forkpool"))
         .args(["check", "--config"])
         .arg(&service.config)
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&check.stdout) + String::from_utf8_lossy(&check.stderr);
-    assert!(printed.contains("********"), "{printed}");
-    assert!(
-        !printed.contains(APP_PASSWORD),
-        "check shows the password: {printed}"
-    );
+    assert_eq!(check.status.code(), Some(0), "{printed}");
+    printed.into_owned()
 }
 
 /// Runs `forkpool submit` as uid 65534 (nobody) against the service.
 fn submit_as_nobody(service: &Service) -> (i32, String) {
+    submit_as(service, 65534, 65534)
+}
+
+/// Runs `forkpool submit` as `uid` with the primary group `gid` (and no supplementary
+/// groups) against the service.
+fn submit_as(service: &Service, uid: u32, gid: u32) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
         .args(["submit", "--socket"])
         .arg(&service.socket)
         .args(["add", r#"{"a": 1}"#])
-        .uid(65534)
-        .gid(65534)
+        .uid(uid)
+        .gid(gid)
         .output()
         .unwrap();
     (
@@ -223,4 +338,30 @@ fn only_allowed_uids_may_use_the_service() {
     open_socket_to_everyone(&service);
     let (code, answer) = submit_as_nobody(&service);
     assert_eq!(code, 0, "{answer}");
+}
+
+#[test]
+fn a_listed_primary_gid_admits_a_peer_whose_uid_is_not_listed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: cannot run a client as another gid; the gid check is not tested here");
+        return;
+    }
+    let cluster = Cluster::shared();
+    let service = Service::start(
+        ServiceOptions::on(cluster)
+            .service_key("socket_mode", "\"0666\"")
+            .service_key("allowed_uids", "[4242]")
+            .service_key("allowed_gids", "[4243]"),
+    );
+    open_socket_to_everyone(&service);
+    let (code, answer) = submit_as(&service, 65534, 4243);
+    assert_eq!(code, 0, "{answer}");
+    let (code, answer) = submit_as(&service, 65534, 65534);
+    assert_eq!(code, 1, "{answer}");
+    assert!(answer.contains("forbidden"), "{answer}");
+    assert!(
+        answer.contains("service.allowed_uids") && answer.contains("service.allowed_gids"),
+        "{answer}"
+    );
+    service.wait_for_log("refused client pid", 1);
 }

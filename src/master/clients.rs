@@ -1,8 +1,12 @@
-//! One client connection: a non-blocking socket with its partial input line and the answers
-//! not yet written.
+//! One client connection: a non-blocking socket with its partial input line, the answers
+//! not yet written, and when it last did anything (for `service.client_idle_timeout`).
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::admission::Peer;
 
 pub type ClientId = u64;
 
@@ -22,21 +26,29 @@ pub struct Client {
     partial: Vec<u8>,
     output: Vec<u8>,
     written: usize,
-    /// Close once the pending answers are written (after `too_large` or `forbidden`).
+    /// Close once the pending answers are written (after `too_large`, `forbidden` or
+    /// `too_many_clients`).
     pub close_after_flush: bool,
+    /// Who connected, for log lines; `None` if the kernel would not say.
+    pub peer: Option<Peer>,
+    /// The last byte received or answer queued: idleness counts from whichever came last,
+    /// so a client is never closed just after a long job's answer.
+    last_activity: Instant,
 }
 
 /// How much one wake-up reads from one client before the loop serves the others.
 const READ_BUDGET: usize = 1024 * 1024;
 
 impl Client {
-    pub fn new(stream: UnixStream) -> Client {
+    pub fn new(stream: UnixStream, peer: Option<Peer>) -> Client {
         Client {
             stream,
             partial: Vec::new(),
             output: Vec::new(),
             written: 0,
             close_after_flush: false,
+            peer,
+            last_activity: Instant::now(),
         }
     }
 
@@ -55,6 +67,7 @@ impl Client {
                     break;
                 }
                 Ok(n) => {
+                    self.last_activity = Instant::now();
                     budget = budget.saturating_sub(n);
                     self.split_lines(&buffer[..n], max_line, &mut input);
                     if input.too_large {
@@ -98,6 +111,7 @@ impl Client {
 
     /// Queues an answer and writes as much as the socket takes now.
     pub fn send(&mut self, line: &[u8]) {
+        self.last_activity = Instant::now();
         self.output.extend_from_slice(line);
         let _ = self.flush();
     }
@@ -125,5 +139,21 @@ impl Client {
     /// Done: nothing left to write and asked to close.
     pub fn finished(&self) -> bool {
         self.close_after_flush && !self.wants_write()
+    }
+
+    /// When this client counts as idle for `timeout`, unless it sends something first; `None`
+    /// while answers wait to be written. Jobs in flight are the master's to check: it alone
+    /// knows them.
+    pub fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
+        (!self.wants_write()).then(|| self.last_activity + timeout)
+    }
+}
+
+impl fmt::Display for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.peer {
+            Some(Peer { pid, uid, gid }) => write!(f, "client pid {pid} (uid {uid}, gid {gid})"),
+            None => f.write_str("client (credentials unknown)"),
+        }
     }
 }

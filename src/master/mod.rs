@@ -11,12 +11,13 @@
 //! | SIGHUP                   | `handle_hup`: reload, replace workers one by one    |
 //! | SIGTTIN / SIGTTOU        | `handle_ttin` / `handle_ttou`: one worker more/less |
 //! | SIGCHLD                  | (every turn) `reap_workers`                         |
-//! | listener readable        | `accept_clients`                                    |
+//! | listener readable        | `accept_clients`: admitted, or refused and closed   |
 //! | client readable          | `read_requests`                                     |
 //! | worker channel readable  | `read_worker`: ready, job done, heartbeat           |
-//! | timer                    | `murder_overdue_workers`                            |
+//! | timer                    | `murder_overdue_workers`, `close_idle_clients`      |
 //! | (every turn)             | `notify_systemd`: READY, STATUS, WATCHDOG when due  |
 
+mod admission;
 mod clients;
 mod jobs;
 mod listener;
@@ -24,7 +25,7 @@ mod signals;
 mod status;
 mod workers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,6 +228,7 @@ impl Master {
             }
             self.reap_workers();
             self.murder_overdue_workers();
+            self.close_idle_clients();
             self.manage_workers();
             self.dispatch_jobs();
             self.progress_stop();
@@ -351,8 +353,21 @@ impl Master {
             .filter(|w| w.lifecycle == Lifecycle::Booting)
             .map(|w| w.forked + self.config.workers.boot_timeout);
         let stop = self.stopping.as_ref().map(|s| s.deadline);
+        // A client with a job in flight may wake the loop once for nothing; the sweep then
+        // skips it, and its deadline, now past, no longer counts.
+        let idle = self
+            .config
+            .service
+            .client_idle_timeout
+            .into_iter()
+            .flat_map(|timeout| {
+                self.clients
+                    .values()
+                    .filter_map(move |c| c.idle_deadline(timeout))
+            });
         running
             .chain(booting)
+            .chain(idle)
             .chain(self.crash_loop.next_spawn)
             .chain(stop)
             .chain(self.systemd.next_deadline())
@@ -485,29 +500,62 @@ impl Master {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let uid = getsockopt(&stream, PeerCredentials)
-                .map(|creds| creds.uid())
-                .unwrap_or(u32::MAX);
-            let mut client = Client::new(stream);
-            if !self.uid_allowed(uid) {
-                warn!("refused a client with uid {uid} (not in service.allowed_uids)");
-                let body = ErrorBody::new(
-                    ErrorKind::Forbidden,
-                    format!("uid {uid} may not use this service (service.allowed_uids)"),
-                );
+            let peer = getsockopt(&stream, PeerCredentials)
+                .ok()
+                .map(|creds| admission::Peer {
+                    pid: creds.pid(),
+                    uid: creds.uid(),
+                    gid: creds.gid(),
+                });
+            let mut client = Client::new(stream, peer);
+            let admitted = admission::admit(
+                &self.config.service,
+                geteuid().as_raw(),
+                peer,
+                self.clients.len(),
+            );
+            if let Err(body) = admitted {
+                warn!("refused {client}: {}", body.message);
                 client.send(&protocol::error_line(&null_id(), &body.to_json()));
                 client.close_after_flush = true;
+                if client.finished() {
+                    // Answered in full: dropping it closes it now, so the refused peer sees
+                    // EOF right after the answer and holds no slot.
+                    continue;
+                }
             }
             self.next_client += 1;
             self.clients.insert(self.next_client, client);
         }
     }
 
-    /// Empty `allowed_uids` lets in whoever can open the socket file; otherwise the listed
-    /// uids, and always the service's own (its operator runs `status` as that user).
-    fn uid_allowed(&self, uid: u32) -> bool {
-        let allowed = &self.config.service.allowed_uids;
-        allowed.is_empty() || allowed.contains(&uid) || uid == geteuid().as_raw()
+    /// Closes clients that sent nothing for `service.client_idle_timeout` and await nothing:
+    /// no answer waiting to be written, no job in flight (an accepted job always gets its
+    /// answer). A stalled half line counts as nothing sent since its last byte.
+    fn close_idle_clients(&mut self) {
+        let Some(timeout) = self.config.service.client_idle_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let mut idle: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.idle_deadline(timeout).is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let awaiting: HashSet<ClientId> = self.jobs.table.values().map(|j| j.client).collect();
+        idle.retain(|id| !awaiting.contains(id));
+        for id in idle {
+            if let Some(client) = self.clients.remove(&id) {
+                info!(
+                    "closing {client}: nothing received for {} (service.client_idle_timeout)",
+                    humantime::format_duration(timeout)
+                );
+            }
+        }
     }
 
     fn read_requests(&mut self, id: ClientId) {
