@@ -133,6 +133,12 @@ fn init_logging() {
     let mut builder = env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,tokio_postgres=warn"),
     );
+    // tokio_postgres logs every query's bind parameters (job arguments) at debug: unless
+    // RUST_LOG names it, it stays at warn whatever the level, so `RUST_LOG=debug` does not
+    // put arguments in the journal.
+    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("tokio_postgres")) {
+        builder.filter_module("tokio_postgres", log::LevelFilter::Warn);
+    }
     builder.format_target(false);
     builder.write_style(if std::io::stderr().is_terminal() {
         env_logger::WriteStyle::Auto

@@ -236,7 +236,7 @@ fn passwords_never_appear_in_trace_logs_or_status() {
     let mut options = ServiceOptions::on(cluster);
     options.env.push(("RUST_LOG".into(), "trace".into()));
     let service = Service::start(options);
-    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+    assert_eq!(service.submit("add", json!({"a": 918_273_645}))["ok"], true);
     let status = service.status().to_string();
     assert!(!status.contains(APP_PASSWORD), "status shows the password");
     // A failing connection attempt's error must not show it either.
@@ -246,6 +246,11 @@ fn passwords_never_appear_in_trace_logs_or_status() {
         "trace logging was on"
     );
     assert!(!logs.contains(APP_PASSWORD), "the logs show the password");
+    // Nor the job's arguments (tokio_postgres would log bind parameters at debug).
+    assert!(
+        !logs.contains("918273645"),
+        "the logs show a job's arguments"
+    );
     // The harness's url carries the password: `check` warns while others may read the file.
     let set_mode = |mode| {
         std::fs::set_permissions(&service.config, std::fs::Permissions::from_mode(mode)).unwrap()
