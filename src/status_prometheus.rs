@@ -188,7 +188,7 @@ fn render_pools(out: &mut String, workers: &[Value]) {
                 .map(move |(database, pool)| (slot.clone(), database, pool))
         })
         .collect();
-    let series: [(&str, &str, &str, &str, f64); 9] = [
+    let series: [(&str, &str, &str, &str, f64); 10] = [
         (
             "forkpool_pool_connections",
             "gauge",
@@ -222,6 +222,13 @@ fn render_pools(out: &mut String, workers: &[Value]) {
             "counter",
             "Connections opened.",
             "created",
+            1.0,
+        ),
+        (
+            "forkpool_pool_pings_total",
+            "counter",
+            "Pre-use pings sent (a round trip each).",
+            "pings",
             1.0,
         ),
         (

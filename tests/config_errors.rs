@@ -90,7 +90,7 @@ fn shipped_file_carries_the_design_defaults() {
     assert_eq!(db.checkout_timeout, Duration::from_secs(5));
     assert_eq!(db.connect_timeout, Duration::from_secs(5));
     assert!(db.pre_ping);
-    assert_eq!(db.ping_after, Duration::ZERO);
+    assert_eq!(db.ping_after, Duration::from_millis(500));
     assert_eq!(db.max_lifetime, Some(Duration::from_secs(1800)));
     assert_eq!(db.lifetime_jitter, Duration::from_secs(120));
     assert_eq!(db.idle_timeout, Some(Duration::from_secs(600)));

@@ -224,6 +224,32 @@ fn server_idle_session_timeout_is_survived() {
 }
 
 #[test]
+fn a_recently_used_connection_skips_the_ping_unless_the_server_closed_it() {
+    let cluster = Cluster::shared();
+    let app = "t-ping-after";
+    let pool = tls_pool(
+        cluster,
+        app,
+        PoolSettings::new().ping_after(Duration::from_secs(3600)),
+    );
+    assert_eq!(select_one(&pool), 1);
+    assert_eq!(select_one(&pool), 1);
+    let stats = pool.stats();
+    assert_eq!((stats.pings, stats.created), (0, 1), "{stats:?}");
+
+    // The server ends the session while it is idle: its socket now holds the FATAL message
+    // and the close, which the checkout sees without a round trip, and pings.
+    assert_eq!(cluster.terminate_backends(app), 1);
+    assert_eq!(select_one(&pool), 1, "no job finds the dead session");
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.pings, stats.ping_failures, stats.created),
+        (1, 1, 2),
+        "{stats:?}"
+    );
+}
+
+#[test]
 fn terminated_backends_are_replaced_at_checkout() {
     let cluster = Cluster::shared();
     let pool = tls_pool(cluster, "t-terminate", PoolSettings::new().pool_size(3));

@@ -6,10 +6,11 @@ use super::conninfo::ConnInfo;
 use super::error::{describe, Error};
 use super::settings::PoolSettings;
 use super::tls::TlsPolicy;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -407,6 +408,17 @@ impl Connection {
 
     pub(crate) fn is_broken(&self) -> bool {
         self.broken || self.client.is_closed()
+    }
+
+    /// Whether the server sent anything since the last operation. On an idle session that
+    /// can only be a FATAL message and the close (a restart, `idle_session_timeout`,
+    /// `pg_terminate_backend`), or the close alone: the session is suspect. A zero-timeout
+    /// poll of the socket, no round trip.
+    pub(crate) fn has_unread_input(&self) -> bool {
+        // SAFETY: the connection owns `socket_fd` and keeps it open while it lives.
+        let socket = unsafe { BorrowedFd::borrow_raw(self.socket_fd) };
+        let mut fds = [PollFd::new(socket, PollFlags::POLLIN)];
+        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
     }
 
     /// What another thread needs to cancel this session's running query.

@@ -150,11 +150,13 @@ impl Pool {
                 state = shared.lock();
             }
             if let Some(mut connection) = candidate {
-                let stale = connection.last_used.elapsed() >= settings.ping_after;
-                if !(settings.pre_ping && stale) {
+                let suspect = connection.last_used.elapsed() >= settings.ping_after
+                    || connection.has_unread_input();
+                if !(settings.pre_ping && suspect) {
                     return Ok(state.hand_out(shared, connection, label, started));
                 }
                 state.in_use += 1;
+                state.stats.pings += 1;
                 drop(state);
                 let ping = connection.ping(&shared.endpoint);
                 state = shared.lock();

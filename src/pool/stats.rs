@@ -18,6 +18,9 @@ pub struct PoolStats {
     /// Connections closed, by reason: lifetime, idle, broken, invalidated, ping, reset,
     /// close, foreign-pid.
     pub closed_by_reason: BTreeMap<String, u64>,
+    /// Pre-use pings sent, a round trip each: checkouts of connections idle past
+    /// `ping_after`, or whose socket showed the server had closed them.
+    pub pings: u64,
     pub ping_failures: u64,
     pub checkout_timeouts: u64,
     pub checkout_wait_ms_total: u64,

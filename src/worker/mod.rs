@@ -138,7 +138,10 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
     };
     match stop {
         Stop::Fast => {
-            info!("worker {} stopping now; cancelling running queries", setup.slot);
+            info!(
+                "worker {} stopping now; cancelling running queries",
+                setup.slot
+            );
             pools.cancel_running();
             return 0;
         }
@@ -274,7 +277,14 @@ fn run_job(
         }
         None => {
             let pool = pools.get(&spec.database)?;
-            let output = sql_job::run(&pool, spec, &args, deadline, &format!("job {}", job.id), held)?;
+            let output = sql_job::run(
+                &pool,
+                spec,
+                &args,
+                deadline,
+                &format!("job {}", job.id),
+                held,
+            )?;
             let mut result = json!({ "rows": output.rows, "rows_affected": output.rows_affected });
             if output.truncated {
                 result["truncated"] = Value::Bool(true);
