@@ -80,6 +80,7 @@ fn shipped_file_carries_the_design_defaults() {
     assert_eq!(w.job_timeout, Duration::from_secs(60));
     assert_eq!((w.max_jobs, w.max_jobs_jitter, w.max_rss), (0, 0, 0));
     assert_eq!(w.idle_timeout, None);
+    assert_eq!(w.heartbeat_timeout, Some(Duration::from_secs(10)));
     assert_eq!(w.min_lifetime, Duration::from_secs(10));
     assert_eq!(w.boot_timeout, Duration::from_secs(30));
     assert_eq!(w.restart_backoff_max, Duration::from_secs(30));

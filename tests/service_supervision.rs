@@ -507,3 +507,48 @@ fn sigint_cancels_running_queries_and_answers_shutting_down() {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn an_idle_worker_without_heartbeats_is_killed_as_hung_and_replaced() {
+    let service = Service::start(
+        ServiceOptions::on(Cluster::shared()).worker_key("heartbeat_timeout", "\"1s\""),
+    );
+    let victim = service.worker_pids()[0];
+    // Stopped, it sends no heartbeat: to the master it is a hung worker.
+    kill(Pid::from_raw(victim), Signal::SIGSTOP).unwrap();
+    service.wait_for_log("killing it as hung", 1);
+    let status = status_until(&service, "the hung worker replaced", |s| {
+        all_idle(s, 2) && !pids(s).contains(&(victim as i64))
+    });
+    assert_eq!(status["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+}
+
+#[test]
+fn under_load_workers_grow_toward_max_and_the_grown_ones_retire_when_idle() {
+    let mut options = ServiceOptions::on(Cluster::shared())
+        .worker_key("max", "3")
+        .worker_key("idle_timeout", "\"1s\"");
+    options.workers = 1;
+    let service = Service::start(options);
+    let mut client = service.client();
+    for id in 0..4 {
+        client.send(json!({"id": id, "op": "run", "job": "sleep", "args": {"seconds": 2}}));
+    }
+    status_until(&service, "three workers busy", |s| {
+        let workers = s["workers"].as_array().unwrap();
+        workers.iter().filter(|w| w["state"] == "busy").count() == 3
+    });
+    for _ in 0..4 {
+        let answer = client.recv().unwrap();
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+    let logs = service.logs();
+    assert!(logs.contains("growing to 3 workers"), "{logs}");
+    assert!(
+        !logs.contains("growing to 4"),
+        "never past workers.max:\n{logs}"
+    );
+    service.wait_for_log("(workers.idle_timeout): shrinking to 1 workers", 1);
+    status_until(&service, "back to workers.count", |s| all_idle(s, 1));
+}

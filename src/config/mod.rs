@@ -108,8 +108,12 @@ pub struct WorkersConfig {
     pub max_jobs_jitter: u64,
     /// Recycle a worker whose resident memory passes this many bytes (0: never).
     pub max_rss: u64,
-    /// Retire workers above `count` that were idle this long (`None`: never).
+    /// Dynamic size: while jobs wait and every worker is busy, grow toward `max`; a worker
+    /// so grown retires after this long idle (`None`: fixed size, only TTIN/TTOU move it).
     pub idle_timeout: Option<Duration>,
+    /// An idle worker silent this long (no heartbeat; one is sent every second) is hung:
+    /// killed and replaced (`None`: never).
+    pub heartbeat_timeout: Option<Duration>,
     /// No recycle before this; at most one worker recycles at a time.
     pub min_lifetime: Duration,
     /// A worker not ready by then is killed and counted as a crash.
@@ -135,8 +139,12 @@ impl Default for WorkersConfig {
             max_jobs: 0,
             max_jobs_jitter: 0,
             max_rss: 0,
-            // Extra workers stay until told otherwise (SIGTTOU), as gunicorn's do.
+            // Fixed size, as gunicorn's: workers grown under load would each hold their
+            // pools' connections, so growing is the operator's choice.
             idle_timeout: None,
+            // Ten missed beats: far past any pause of a healthy worker (its tick sends the
+            // beat before pool maintenance), well before anyone waits on it.
+            heartbeat_timeout: Some(Duration::from_secs(10)),
             // A crash-looping worker must not be mistaken for a recycled one.
             min_lifetime: Duration::from_secs(10),
             // Pools are lazy, so booting is fork + reset: seconds at most.

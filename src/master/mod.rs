@@ -14,7 +14,12 @@
 //! | listener readable        | `accept_clients`: admitted, or refused and closed   |
 //! | client readable          | `read_requests`                                     |
 //! | worker channel readable  | `read_worker`: ready, job done, heartbeat           |
-//! | timer                    | `murder_overdue_workers`, `close_idle_clients`      |
+//! | timer                    | `murder_overdue_workers`: job past timeout + grace, |
+//! |                          | boot past boot_timeout, idle worker without beats   |
+//! | timer                    | `close_idle_clients`                                |
+//! | (every turn)             | `scale_to_load`: grow while jobs wait, shrink idle  |
+//! | (every turn)             | `manage_workers`: spawn, replace stale, retire      |
+//! | (every turn)             | `dispatch_jobs`, `progress_stop`                    |
 //! | (every turn)             | `notify_systemd`: READY, STATUS, WATCHDOG when due  |
 
 mod admission;
@@ -104,6 +109,8 @@ pub struct Master {
     restarts: Vec<u32>,
     /// How many workers should be serving (`workers.count`, moved by TTIN/TTOU).
     target: usize,
+    /// Workers added above `target` under load (`workers.idle_timeout`), retired when idle.
+    grown: usize,
     jobs: Jobs,
     /// Jobs whose worker the master killed for running past `timeout + KILL_GRACE`.
     killed_for_timeout: HashMap<Pid, Vec<u64>>,
@@ -209,6 +216,7 @@ impl Master {
             workers: Vec::new(),
             restarts: Vec::new(),
             target,
+            grown: 0,
             jobs: Jobs::default(),
             killed_for_timeout: HashMap::new(),
             crash_loop: CrashLoop::default(),
@@ -229,6 +237,7 @@ impl Master {
             self.reap_workers();
             self.murder_overdue_workers();
             self.close_idle_clients();
+            self.scale_to_load();
             self.manage_workers();
             self.dispatch_jobs();
             self.progress_stop();
@@ -365,9 +374,29 @@ impl Master {
                     .values()
                     .filter_map(move |c| c.idle_deadline(timeout))
             });
+        let silent = self.config.workers.heartbeat_timeout.map(|silence| {
+            self.workers
+                .iter()
+                .flatten()
+                .filter(|w| w.is_hung_candidate())
+                .map(move |w| w.last_heard + silence)
+        });
+        let grown_idle = self
+            .config
+            .workers
+            .idle_timeout
+            .filter(|_| self.grown > 0)
+            .map(|idle| {
+                self.workers
+                    .iter()
+                    .flatten()
+                    .filter_map(move |w| Some(w.idle_since? + idle))
+            });
         running
             .chain(booting)
             .chain(idle)
+            .chain(silent.into_iter().flatten())
+            .chain(grown_idle.into_iter().flatten())
             .chain(self.crash_loop.next_spawn)
             .chain(stop)
             .chain(self.systemd.next_deadline())
@@ -445,6 +474,8 @@ impl Master {
                     warn!("service.socket changed: a restart is needed to move the socket");
                 }
                 self.target = config.workers.count;
+                // The new generation starts at its floor; load grows it again if need be.
+                self.grown = 0;
                 self.config = Arc::new(config);
                 self.catalog = Arc::new(catalog);
                 self.databases = Arc::new(databases);
@@ -460,6 +491,10 @@ impl Master {
     fn handle_ttin(&mut self) {
         if self.target < self.config.workers.max {
             self.target += 1;
+            if self.target + self.grown > self.config.workers.max {
+                // A worker grown under load becomes one of the operator's.
+                self.grown -= 1;
+            }
             info!("SIGTTIN: {} workers", self.target);
         } else {
             warn!(
@@ -738,10 +773,7 @@ impl Master {
         };
         match frame {
             FromWorker::Ready => {
-                worker.ready = true;
-                if worker.lifecycle == Lifecycle::Booting {
-                    worker.lifecycle = Lifecycle::Serving;
-                }
+                worker.mark_ready();
                 info!("worker {slot} (pid {}) ready", worker.pid);
             }
             FromWorker::Heartbeat { rss_bytes, pools } => {
@@ -749,8 +781,7 @@ impl Master {
                 worker.pools = pools;
             }
             FromWorker::Done { job_id, ok, body } => {
-                worker.running.retain(|running| *running != job_id);
-                worker.jobs_done += 1;
+                worker.complete(job_id);
                 self.finish_job(job_id, ok, body.get());
             }
         }
@@ -879,7 +910,9 @@ impl Master {
 
     /// Kills workers that outlived a deadline: a job past `timeout + KILL_GRACE` (the worker
     /// did not cancel it itself: a silent server, a stuck handler), a boot past
-    /// `boot_timeout`. Their exit is then handled by `reap_workers`.
+    /// `boot_timeout`, an idle worker without a heartbeat for `heartbeat_timeout` (hung: a
+    /// busy one is bounded by its job's timeout instead). Their exit is then handled by
+    /// `reap_workers`.
     fn murder_overdue_workers(&mut self) {
         let now = Instant::now();
         let mut overdue: Vec<(Pid, u64)> = Vec::new();
@@ -901,7 +934,21 @@ impl Master {
             }
         }
         let boot_timeout = self.config.workers.boot_timeout;
+        let heartbeat_timeout = self.config.workers.heartbeat_timeout;
         for worker in self.workers.iter().flatten() {
+            if let Some(silence) = heartbeat_timeout.filter(|_| worker.is_hung_candidate()) {
+                if now >= worker.last_heard + silence {
+                    warn!(
+                        "worker {} (pid {}) idle and silent for {} (workers.heartbeat_timeout); \
+                         killing it as hung",
+                        worker.slot,
+                        worker.pid,
+                        humantime::format_duration(silence)
+                    );
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                    continue;
+                }
+            }
             if worker.lifecycle == Lifecycle::Booting && now >= worker.forked + boot_timeout {
                 warn!(
                     "worker {} (pid {}) not ready after workers.boot_timeout = {}; killing it",
@@ -914,6 +961,64 @@ impl Master {
         }
     }
 
+    /// Dynamic size, on when `workers.idle_timeout` is set. Grows by one worker while jobs
+    /// wait and no worker has room, up to `workers.max`, one boot at a time (which bounds
+    /// the spawn rate to what the machine can fork); retires a grown worker once it has been
+    /// idle for `idle_timeout`, the longest idle first. `workers.max` never passes
+    /// `max_connections_budget`: the configuration is refused at start or reload if it would.
+    fn scale_to_load(&mut self) {
+        let Some(idle_timeout) = self.config.workers.idle_timeout else {
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        let threads = self.config.workers.threads;
+        let wanted = self.target + self.grown;
+        let serving = || {
+            self.workers
+                .iter()
+                .flatten()
+                .filter(|w| matches!(w.lifecycle, Lifecycle::Booting | Lifecycle::Serving))
+        };
+        let booting = serving().any(|w| w.lifecycle == Lifecycle::Booting);
+        let busy = !serving().any(|w| w.has_room(threads));
+        if !self.jobs.queue.is_empty()
+            && busy
+            && !booting
+            && serving().count() >= wanted
+            && wanted < self.config.workers.max
+        {
+            self.grown += 1;
+            info!(
+                "{} job(s) waiting and every worker busy: growing to {} workers",
+                self.jobs.queue.len(),
+                wanted + 1
+            );
+            return;
+        }
+        if self.grown == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let longest_idle = serving()
+            .filter(|w| w.lifecycle == Lifecycle::Serving)
+            .filter_map(|w| Some((w.idle_since?, w.slot)))
+            .filter(|(since, _)| now >= *since + idle_timeout)
+            .min();
+        if let Some((_, slot)) = longest_idle {
+            self.grown -= 1;
+            info!(
+                "worker {slot} idle for {} (workers.idle_timeout): shrinking to {} workers",
+                humantime::format_duration(idle_timeout),
+                wanted - 1
+            );
+            if let Some(worker) = self.worker_mut(slot) {
+                worker.lifecycle = Lifecycle::Retiring;
+            }
+        }
+    }
+
     /// Brings the serving workers to the target: spawns what is missing (unless a crash loop
     /// says wait), replaces workers of an older configuration one at a time (a new one boots,
     /// then an old one drains and leaves), and retires the extra ones.
@@ -921,6 +1026,7 @@ impl Master {
         if self.stopping.is_some() {
             return;
         }
+        let wanted = self.target + self.grown;
         let serving: Vec<&Worker> = self
             .workers
             .iter()
@@ -945,15 +1051,15 @@ impl Master {
             .is_some_and(|at| Instant::now() < at);
         match stale {
             Some(_) if booting => {}
-            Some(slot) if count > self.target => self.retire_worker(slot),
+            Some(slot) if count > wanted => self.retire_worker(slot),
             Some(_) if !crash_wait => self.spawn_worker(),
             Some(_) => {}
-            None if count < self.target && !crash_wait => {
-                for _ in count..self.target {
+            None if count < wanted && !crash_wait => {
+                for _ in count..wanted {
                     self.spawn_worker();
                 }
             }
-            None if count > self.target => {
+            None if count > wanted => {
                 if let Some(slot) = newest {
                     self.retire_worker(slot);
                 }
@@ -1035,7 +1141,7 @@ impl Master {
                 slot: worker.slot,
                 started: Instant::now(),
             });
-            worker.running.push(job_id);
+            worker.assign(job_id);
             worker.send(&ToWorker::Run {
                 job_id,
                 job: job.spec.name.clone(),
@@ -1111,7 +1217,7 @@ impl Master {
             .count();
         let snapshot = Snapshot {
             serving_current,
-            target: self.target,
+            target: self.target + self.grown,
             queue_depth: self.jobs.queue.len(),
             finished_jobs: self.totals.succeeded + self.totals.failed,
             stopping: self.stopping.is_some(),

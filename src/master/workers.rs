@@ -42,6 +42,12 @@ pub struct Worker {
     pub jobs_done: u64,
     /// Jobs it holds now, in the order they were sent.
     pub running: Vec<u64>,
+    /// Since when it has been ready with no job (`None`: booting or busy), for retiring
+    /// workers grown under load (`workers.idle_timeout`).
+    pub idle_since: Option<Instant>,
+    /// When its last frame arrived (a heartbeat at least every second), for the liveness
+    /// check (`workers.heartbeat_timeout`).
+    pub last_heard: Instant,
     pub rss_bytes: u64,
     pub pools: Value,
     /// Recycle after this many jobs: `max_jobs` plus its own random share of
@@ -89,6 +95,8 @@ impl Worker {
                     ready: false,
                     jobs_done: 0,
                     running: Vec::new(),
+                    idle_since: None,
+                    last_heard: Instant::now(),
                     rss_bytes: 0,
                     pools: Value::Null,
                     recycle_after,
@@ -132,7 +140,10 @@ impl Worker {
         loop {
             match self.channel.read(&mut buffer) {
                 Ok(0) => break,
-                Ok(n) => self.frames.extend(&buffer[..n]),
+                Ok(n) => {
+                    self.last_heard = Instant::now();
+                    self.frames.extend(&buffer[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
@@ -148,6 +159,37 @@ impl Worker {
             }
         }
         frames
+    }
+
+    /// Ready (its `Ready` frame arrived): from now on it takes jobs.
+    pub fn mark_ready(&mut self) {
+        self.ready = true;
+        if self.lifecycle == Lifecycle::Booting {
+            self.lifecycle = Lifecycle::Serving;
+        }
+        self.idle_since = Some(Instant::now());
+    }
+
+    /// A job handed to it.
+    pub fn assign(&mut self, job_id: u64) {
+        self.running.push(job_id);
+        self.idle_since = None;
+    }
+
+    /// A job it answered.
+    pub fn complete(&mut self, job_id: u64) {
+        self.running.retain(|running| *running != job_id);
+        self.jobs_done += 1;
+        if self.running.is_empty() {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Watched for a hang by its heartbeats: ready, holding no job (a busy worker is bounded
+    /// by its jobs' timeouts), and not on its way out.
+    pub fn is_hung_candidate(&self) -> bool {
+        matches!(self.lifecycle, Lifecycle::Serving | Lifecycle::Retiring)
+            && self.running.is_empty()
     }
 
     /// Takes jobs: ready, not retiring or stopping, and below `threads` jobs.
