@@ -54,12 +54,15 @@ fn a_worker_killed_mid_job_is_answered_worker_lost_and_replaced() {
     // The job is running once status shows it on a worker.
     let victim = busy_worker_pid(&service);
     kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
     let answer = client.recv().unwrap();
     assert_eq!(answer["id"], "slow");
     assert_eq!(answer["error"]["kind"], "worker_lost", "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("SIGKILL"), "{message}");
-    let status = after_ready_count(&service, 3);
+    service.wait_for_log(") ready", 3);
+    eprintln!("replacement ready {:?} after the kill", killed.elapsed());
+    let status = service.status();
     assert_eq!(status["workers"].as_array().unwrap().len(), 2);
     assert!(!pids(&status).contains(&victim));
     assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
