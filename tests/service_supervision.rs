@@ -555,3 +555,38 @@ fn under_load_workers_grow_toward_max_and_the_grown_ones_retire_when_idle() {
     service.wait_for_log("(workers.idle_timeout): shrinking to 1 workers", 1);
     status_until(&service, "back to workers.count", |s| all_idle(s, 1));
 }
+
+#[test]
+fn a_worker_past_max_rss_is_recycled_with_its_replacement_started_first() {
+    // Every worker passes 1 MiB: each is recycled once its heartbeat reports its memory.
+    let mut options = ServiceOptions::on(Cluster::shared())
+        .worker_key("max_rss", "\"1MiB\"")
+        .worker_key("min_lifetime", "\"0s\"");
+    options.workers = 1;
+    let service = Service::start(options);
+    service.wait_for_log("recycled: resident memory", 1);
+    // The replacement boots first: the old worker is told to go only after another is ready.
+    service.wait_for_log(") ready", 2);
+    service.wait_for_log("exited with code 0", 1);
+    let logs = service.logs();
+    let lines: Vec<&str> = logs.lines().collect();
+    let second_ready = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains(") ready"))
+        .nth(1)
+        .map(|(at, _)| at)
+        .unwrap();
+    let first_exit = lines
+        .iter()
+        .position(|line| line.contains("exited with code 0"))
+        .unwrap();
+    assert!(second_ready < first_exit, "replacement first:\n{logs}");
+    for i in 0..4 {
+        let answer = service.submit("add", json!({"a": i}));
+        assert_eq!(
+            answer["ok"], true,
+            "recycling must not fail a job: {answer}"
+        );
+    }
+}
