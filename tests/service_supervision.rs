@@ -345,6 +345,29 @@ fn a_worker_stuck_past_timeout_and_grace_is_killed_and_the_job_answered_timeout(
     assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
 }
 
+/// A service whose sessions carry `application_name = app`, to find them on the server.
+fn service_named(cluster: &Cluster, app: &str) -> Service {
+    Service::start(
+        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
+    )
+}
+
+/// The backend running a `pg_sleep` for the service named `app`, once the server shows it
+/// active (asked until it does: the server has no event to wait on).
+fn sleeping_backend(cluster: &Cluster, app: &str) -> i32 {
+    let running = format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = '{app}' \
+         AND state = 'active' AND query LIKE '%pg_sleep%'"
+    );
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        if let Some(pid) = cluster.query_value(&running) {
+            return pid.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the sleep never started");
+    }
+}
+
 /// Resumes a stopped backend however the test ends.
 struct Resume<'a>(&'a Cluster, i32);
 
@@ -358,23 +381,11 @@ impl Drop for Resume<'_> {
 fn a_stopped_backend_is_answered_timeout_by_its_own_worker_which_serves_on() {
     let cluster = Cluster::shared();
     let app = "t-stopped-backend";
-    let service = Service::start(
-        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
-    );
+    let service = service_named(cluster, app);
     let before = pids(&service.status());
     let mut client = service.client();
     client.send(json!({"id": "frozen", "op": "run", "job": "sleep", "args": {"seconds": 60}, "timeout_ms": 1000}));
-    let running = format!(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = '{app}' \
-         AND state = 'active' AND query LIKE '%pg_sleep%'"
-    );
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    let backend = loop {
-        if let Some(pid) = cluster.query_value(&running) {
-            break pid.parse::<i32>().unwrap();
-        }
-        assert!(Instant::now() < deadline, "the sleep never started");
-    };
+    let backend = sleeping_backend(cluster, app);
     cluster.sigstop(backend);
     let resume = Resume(cluster, backend);
     let answer = client.recv().unwrap();
@@ -396,9 +407,7 @@ fn a_stopped_backend_is_answered_timeout_by_its_own_worker_which_serves_on() {
 fn kill_9_of_the_master_takes_every_worker_and_session_with_it() {
     let cluster = Cluster::shared();
     let app = "t-master-killed";
-    let mut service = Service::start(
-        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
-    );
+    let mut service = service_named(cluster, app);
     // Two jobs at once: each worker opens a session.
     let mut client = service.client();
     for id in 0..2 {
@@ -483,20 +492,13 @@ fn hup_under_load_replaces_every_worker_with_no_failed_job() {
 fn sigint_cancels_running_queries_and_answers_shutting_down() {
     let cluster = Cluster::shared();
     let app = "t-fast-stop";
-    let mut service = Service::start(
-        ServiceOptions::on(cluster).database_key("application_name", &format!("\"{app}\"")),
-    );
+    let mut service = service_named(cluster, app);
     let mut client = service.client();
     client.send(json!({"id": "long", "op": "run", "job": "sleep", "args": {"seconds": 600}}));
-    busy_worker_pid(&service);
-    let running = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' \
-         AND state = 'active' AND query LIKE '%pg_sleep%'"
-    );
+    let backend = sleeping_backend(cluster, app);
+    let running =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend} AND state = 'active'");
     let deadline = Instant::now() + EVENT_TIMEOUT;
-    while cluster.query_value(&running).as_deref() == Some("0") {
-        assert!(Instant::now() < deadline, "the sleep never started");
-    }
     service.signal(Signal::SIGINT);
     let answer = client.recv().unwrap();
     assert_eq!(answer["error"]["kind"], "shutting_down", "{answer}");
