@@ -254,6 +254,35 @@ fn steady_load(socket: std::path::PathBuf, name: usize, stop: Arc<AtomicBool>) -
     (ok, lost)
 }
 
+/// `clients` connections each running [`steady_load`] until `finish`.
+struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    clients: Vec<thread::JoinHandle<(u64, u64)>>,
+}
+
+impl SteadyLoad {
+    fn start(service: &Service, clients: usize) -> SteadyLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|name| {
+                let socket = service.socket.clone();
+                let stop = Arc::clone(&stop);
+                thread::spawn(move || steady_load(socket, name, stop))
+            })
+            .collect();
+        SteadyLoad { stop, clients }
+    }
+
+    /// Stops the load; (answered ok, answered worker_lost) over every client.
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.clients.into_iter().fold((0, 0), |(ok, lost), client| {
+            let (o, l) = client.join().expect("a load client failed");
+            (ok + o, lost + l)
+        })
+    }
+}
+
 #[test]
 fn random_workers_killed_every_100ms_under_load_answer_every_request_exactly_once() {
     let mut options = ServiceOptions::on(Cluster::shared())
@@ -262,14 +291,7 @@ fn random_workers_killed_every_100ms_under_load_answer_every_request_exactly_onc
         .worker_key("restart_backoff_max", "\"200ms\"");
     options.workers = 4;
     let service = Service::start(options);
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders: Vec<_> = (0..4)
-        .map(|name| {
-            let socket = service.socket.clone();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || steady_load(socket, name, stop))
-        })
-        .collect();
+    let load = SteadyLoad::start(&service, 4);
     let mut killed = 0;
     let storm = Instant::now();
     while storm.elapsed() < Duration::from_secs(4) {
@@ -281,13 +303,7 @@ fn random_workers_killed_every_100ms_under_load_answer_every_request_exactly_onc
             killed += 1;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut lost) = (0, 0);
-    for loader in loaders {
-        let (o, l) = loader.join().expect("a load client failed");
-        ok += o;
-        lost += l;
-    }
+    let (ok, lost) = load.finish();
     eprintln!("{killed} workers killed; {ok} jobs ok, {lost} answered worker_lost");
     assert!(killed >= 20, "the storm killed only {killed} workers");
     assert!(ok > 0);
@@ -453,14 +469,7 @@ fn hup_under_load_replaces_every_worker_with_no_failed_job() {
     options.workers = 3;
     let service = Service::start(options);
     let before = pids(&service.status());
-    let stop = Arc::new(AtomicBool::new(false));
-    let loaders: Vec<_> = (0..4)
-        .map(|name| {
-            let socket = service.socket.clone();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || steady_load(socket, name, stop))
-        })
-        .collect();
+    let load = SteadyLoad::start(&service, 4);
     // The load is on before the reload.
     assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
     std::fs::write(
@@ -473,13 +482,7 @@ fn hup_under_load_replaces_every_worker_with_no_failed_job() {
     service.wait_for_log("replaced after a reload", 3);
     service.wait_for_log("exited with code 0", 3);
     let took = reload.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut lost) = (0, 0);
-    for loader in loaders {
-        let (o, l) = loader.join().expect("a load client failed");
-        ok += o;
-        lost += l;
-    }
+    let (ok, lost) = load.finish();
     eprintln!("reload of 3 workers under load took {took:?}; {ok} jobs ok meanwhile");
     assert_eq!(lost, 0, "a reload must not lose a job");
     let after = status_until(&service, "3 new workers", |s| all_idle(s, 3));
