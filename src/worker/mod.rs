@@ -1,8 +1,8 @@
 //! A worker process: takes jobs from its channel, runs them on its own pools, answers.
 //!
 //! Threads, all started after the atfork reset:
-//! - the reader takes frames from the job channel and queues jobs for the executors;
-//! - `workers.threads` executors run jobs and write the outcome back on the channel;
+//! - `workers.threads` executors take turns reading the job channel (leader/follower), run
+//!   the job they read and write its outcome back on the channel;
 //! - a signal waiter turns TERM / INT / QUIT into a stop;
 //! - the main thread ticks: pool maintenance and a heartbeat to the master, until told to stop.
 
@@ -12,13 +12,14 @@ mod rust_job;
 mod sql_job;
 
 use std::io::BufReader;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, unbounded, Receiver, Sender};
+use crossbeam_channel::{select, tick, unbounded, Sender};
 use log::{debug, error, info};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::Pid;
@@ -44,6 +45,12 @@ pub struct WorkerSetup {
     pub catalog: Arc<Catalog>,
     pub databases: Arc<Databases>,
 }
+
+/// The job channel's read half, shared by the executors: an idle executor takes the lock and
+/// reads the next frame itself, so a job goes from the socket to the thread that runs it with
+/// no hand-off between threads (one wake-up per job instead of two). `None` once the channel
+/// said stop or closed: executors then finish the job they hold and return.
+type Inbox = Mutex<Option<BufReader<UnixStream>>>;
 
 /// One job taken from the channel.
 struct Job {
@@ -91,26 +98,23 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
     };
     let pools = Arc::new(Pools::new(Arc::clone(&setup.databases)));
     let (stop_tx, stop_rx) = unbounded::<Stop>();
-    let jobs_tx = Arc::new(Mutex::new(None::<Sender<Job>>));
-    let (job_tx, job_rx) = unbounded::<Job>();
-    *jobs_tx.lock().expect("job sender lock") = Some(job_tx);
-
+    let inbox: Arc<Inbox> = Arc::new(Mutex::new(Some(BufReader::with_capacity(
+        64 * 1024,
+        channel,
+    ))));
     let executors: Vec<_> = (0..setup.threads.max(1))
         .map(|_| {
-            let job_rx = job_rx.clone();
+            let inbox = Arc::clone(&inbox);
+            let stop_tx = stop_tx.clone();
             let writer = Arc::clone(&writer);
             let pools = Arc::clone(&pools);
             let catalog = Arc::clone(&setup.catalog);
             let slot = setup.slot;
-            thread::spawn(move || execute_jobs(slot, job_rx, &writer, &pools, &catalog))
+            thread::spawn(move || {
+                execute_jobs(slot, &inbox, &stop_tx, &writer, &pools, &catalog);
+            })
         })
         .collect();
-    drop(job_rx);
-    {
-        let stop_tx = stop_tx.clone();
-        let jobs_tx = Arc::clone(&jobs_tx);
-        thread::spawn(move || read_channel(channel, &jobs_tx, &stop_tx));
-    }
     {
         let stop_tx = stop_tx.clone();
         thread::spawn(move || wait_for_stop_signal(stop_signals, &stop_tx));
@@ -151,8 +155,13 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
             setup.slot
         ),
     }
-    // Closing the job queue lets each executor finish what it holds, then return.
-    jobs_tx.lock().expect("job sender lock").take();
+    // Each executor finishes the job it holds and returns at its next read. One already
+    // blocked reading is woken by shutting the channel's read side: it then takes the frames
+    // the master sent before that (jobs it was promised) and, after them, end of file.
+    let _ = writer
+        .lock()
+        .expect("channel writer lock")
+        .shutdown(Shutdown::Read);
     for executor in executors {
         let _ = executor.join();
     }
@@ -168,45 +177,6 @@ fn stop_signal_set() -> SigSet {
     set
 }
 
-/// The reader: frames in, jobs out. Ends on a stop frame or when the master closes the channel.
-fn read_channel(channel: UnixStream, jobs: &Mutex<Option<Sender<Job>>>, stop: &Sender<Stop>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, channel);
-    loop {
-        match ipc::read_frame::<ToWorker>(&mut reader) {
-            Ok(Some(ToWorker::Run {
-                job_id,
-                job,
-                args,
-                timeout_ms,
-            })) => {
-                let job = Job {
-                    id: job_id,
-                    name: job,
-                    args,
-                    timeout: Duration::from_millis(timeout_ms),
-                    received: Instant::now(),
-                };
-                if let Some(sender) = jobs.lock().expect("job sender lock").as_ref() {
-                    let _ = sender.send(job);
-                }
-            }
-            Ok(Some(ToWorker::Stop { fast })) => {
-                let _ = stop.send(if fast { Stop::Fast } else { Stop::Graceful });
-                return;
-            }
-            Ok(None) => {
-                let _ = stop.send(Stop::MasterGone);
-                return;
-            }
-            Err(e) => {
-                error!("job channel: {e}");
-                let _ = stop.send(Stop::MasterGone);
-                return;
-            }
-        }
-    }
-}
-
 fn wait_for_stop_signal(signals: SigSet, stop: &Sender<Stop>) {
     // The set is blocked in this thread too (inherited), which is what sigwait requires.
     match signals.wait() {
@@ -220,15 +190,16 @@ fn wait_for_stop_signal(signals: SigSet, stop: &Sender<Stop>) {
     }
 }
 
-/// An executor: runs jobs until the queue is closed and empty.
+/// An executor: reads a job, runs it, answers; until the channel says stop or closes.
 fn execute_jobs(
     slot: usize,
-    jobs: Receiver<Job>,
+    inbox: &Inbox,
+    stop: &Sender<Stop>,
     writer: &Mutex<UnixStream>,
     pools: &Pools,
     catalog: &Catalog,
 ) {
-    for job in jobs {
+    while let Some(job) = next_job(inbox, stop) {
         let mut held = None;
         let (ok, body) = match run_job(slot, &job, pools, catalog, &mut held) {
             Ok(result) => (true, result),
@@ -250,6 +221,44 @@ fn execute_jobs(
         // Checkin (and its reset) after the answer is on its way.
         drop(held);
     }
+}
+
+/// The next job, read from the channel by this executor while the others wait their turn.
+/// `None` once the channel said stop or closed; the main thread is told which.
+fn next_job(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Job> {
+    let mut inbox = inbox.lock().expect("inbox lock");
+    let reader = inbox.as_mut()?;
+    let why = match ipc::read_frame::<ToWorker>(reader) {
+        Ok(Some(ToWorker::Run {
+            job_id,
+            job,
+            args,
+            timeout_ms,
+        })) => {
+            return Some(Job {
+                id: job_id,
+                name: job,
+                args,
+                timeout: Duration::from_millis(timeout_ms),
+                received: Instant::now(),
+            })
+        }
+        Ok(Some(ToWorker::Stop { fast })) => {
+            if fast {
+                Stop::Fast
+            } else {
+                Stop::Graceful
+            }
+        }
+        Ok(None) => Stop::MasterGone,
+        Err(e) => {
+            error!("job channel: {e}");
+            Stop::MasterGone
+        }
+    };
+    *inbox = None;
+    let _ = stop.send(why);
+    None
 }
 
 /// Runs one job; the result object as JSON text, or the error. A SQL job's connection is
