@@ -53,15 +53,15 @@ impl Client {
     }
 
     /// Reads what is available and splits it into lines no longer than `max_line`.
-    pub fn read_lines(&mut self, max_line: usize) -> Input {
+    /// `scratch` is the master's one read buffer, lent to each read.
+    pub fn read_lines(&mut self, max_line: usize, scratch: &mut [u8]) -> Input {
         let mut input = Input::default();
         if self.close_after_flush {
             return input;
         }
-        let mut buffer = [0u8; 64 * 1024];
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            match self.stream.read(&mut buffer) {
+            match self.stream.read(scratch) {
                 Ok(0) => {
                     input.closed = true;
                     break;
@@ -69,8 +69,9 @@ impl Client {
                 Ok(n) => {
                     self.last_activity = Instant::now();
                     budget = budget.saturating_sub(n);
-                    self.split_lines(&buffer[..n], max_line, &mut input);
-                    if input.too_large {
+                    self.split_lines(&scratch[..n], max_line, &mut input);
+                    // A short read emptied the socket: no second read just to hear EAGAIN.
+                    if input.too_large || n < scratch.len() {
                         break;
                     }
                 }

@@ -134,15 +134,19 @@ impl Worker {
     }
 
     /// Reads what the channel has and returns the whole frames. EOF or a broken frame end
-    /// the list; the worker's exit is then seen through SIGCHLD.
-    pub fn read_frames(&mut self) -> Vec<FromWorker> {
-        let mut buffer = [0u8; 64 * 1024];
+    /// the list; the worker's exit is then seen through SIGCHLD. `scratch` is the master's
+    /// one read buffer, lent to each read.
+    pub fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromWorker> {
         loop {
-            match self.channel.read(&mut buffer) {
+            match self.channel.read(scratch) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.last_heard = Instant::now();
-                    self.frames.extend(&buffer[..n]);
+                    self.frames.extend(&scratch[..n]);
+                    // A short read emptied the channel: no second read just to hear EAGAIN.
+                    if n < scratch.len() {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
