@@ -1,8 +1,8 @@
 //! The master: one thread, one poll loop, never a database connection (DESIGN §2).
 //!
-//! The loop reads like gunicorn's arbiter: wait for events, react to each, then the
-//! housekeeping every turn — reap dead workers, kill the ones past their deadline, bring the
-//! worker count to its target, hand queued jobs to idle workers.
+//! The loop reads like gunicorn's arbiter: the housekeeping every turn — reap dead workers,
+//! kill the ones past their deadline, bring the worker count to its target, hand queued jobs
+//! to idle workers — then wait for events and react to each.
 //!
 //! | event                    | reaction                                            |
 //! |--------------------------|-----------------------------------------------------|
@@ -236,11 +236,11 @@ impl Master {
     }
 
     /// The loop. Returns the process exit code.
+    ///
+    /// Each turn does its chores first and then waits: the first turn starts the workers at
+    /// once instead of after a wait for events that nothing would send yet.
     pub fn run(mut self) -> i32 {
         loop {
-            for event in self.wait_for_events() {
-                self.react(event);
-            }
             self.reap_workers();
             self.murder_overdue_workers();
             self.close_idle_clients();
@@ -251,6 +251,9 @@ impl Master {
             self.notify_systemd();
             if let Some(code) = self.finished() {
                 return code;
+            }
+            for event in self.wait_for_events() {
+                self.react(event);
             }
         }
     }
