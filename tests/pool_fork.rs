@@ -1,5 +1,6 @@
 //! A pool used before fork() stays correct in parent and child; the same sharing without
-//! the guard breaks, which shows the guarded test can fail.
+//! the guard corrupts the TLS session ("bad record mac"), which shows the guarded test can
+//! fail.
 //!
 //! Forking a multi-threaded test binary is only safe when no other thread holds a lock at
 //! that moment, so every test here takes `FORK_LOCK` and the child does no more than the
@@ -11,6 +12,8 @@ use forkpool::pool::{ConnInfo, Pool, PoolSettings};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use std::collections::HashSet;
+use std::io::{PipeWriter, Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use support::Cluster;
@@ -140,25 +143,50 @@ fn parent_and_child_share_a_pool_over_tls_without_errors() {
     );
 }
 
+/// What a client sees when another process wrote to its TLS session: OpenSSL refuses a
+/// record ("decryption failed or bad record mac") or the server's alert about ours ("sslv3
+/// alert bad record mac"); a record that does decrypt carries a reply meant for the other
+/// process ("unexpected message from server", or an answer to the other's query).
+const CORRUPTION_SYMPTOMS: &[&str] = &["bad record mac", "unexpected message", "crossed reply"];
+
 #[test]
-fn unguarded_client_shared_across_fork_breaks() {
+fn unguarded_client_shared_across_fork_corrupts_its_tls_session() {
     let _serialized = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::shared();
     let mut builder = SslConnector::builder(SslMethod::tls()).unwrap();
     builder.set_verify(SslVerifyMode::NONE);
     let tls = postgres_openssl::MakeTlsConnector::new(builder.build());
     let mut client = postgres::Client::connect(&cluster.tcp_url("require"), tls).unwrap();
-    client.query_one("SELECT 1", &[]).unwrap();
-    // Both processes use the one TLS session; each is killed by SIGALRM if it hangs, which
-    // the shared session can also cause.
-    let use_shared_client = |client: &mut postgres::Client| {
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let log_before = cluster.log_contents().len();
+    // Both processes use the one TLS session and write each distinct error they see to
+    // their pipe as it happens; each is killed by SIGALRM if it hangs, which the shared
+    // session can also cause, and what it wrote by then still counts.
+    let use_shared_client = |client: &mut postgres::Client, mut report: PipeWriter| {
         // SAFETY: alarm only arms a timer for this process.
         unsafe { libc::alarm(5) };
+        let mut reported = HashSet::new();
         let (_, failed) = hammer(|value| {
-            client
+            let answer = client
                 .query_one("SELECT $1::int4", &[&value])
-                .map(|row| row.get(0))
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
+                .and_then(|row| row.try_get::<_, i32>(0).map_err(|e| error_chain(&e)));
+            let outcome = match answer {
+                Ok(answer) if answer != value => {
+                    Err(format!("crossed reply: asked for {value}, got {answer}"))
+                }
+                other => other,
+            };
+            // Distinct errors, a few: once the session is dead every query fails alike.
+            if let Err(error) = &outcome {
+                if reported.len() < 10 && reported.insert(error.clone()) {
+                    let _ = writeln!(report, "{error}");
+                }
+            }
+            outcome
         });
         if failed > 0 {
             CHILD_QUERY_FAILED
@@ -166,13 +194,61 @@ fn unguarded_client_shared_across_fork_breaks() {
             CHILD_OK
         }
     };
-    let first = run_child(|| use_shared_client(&mut client));
-    let second = run_child(|| use_shared_client(&mut client));
+    let (first_report, writer) = std::io::pipe().unwrap();
+    let first = run_child(|| use_shared_client(&mut client, writer));
+    let (second_report, writer) = std::io::pipe().unwrap();
+    let second = run_child(|| use_shared_client(&mut client, writer));
     let outcomes = [exit_code(first), exit_code(second)];
     // This process never touches the session again and must not send Terminate on it.
     std::mem::forget(client);
+    let seen: Vec<String> = [first_report, second_report]
+        .into_iter()
+        .flat_map(|mut report| {
+            let mut text = String::new();
+            report
+                .read_to_string(&mut text)
+                .expect("reading a child's errors");
+            text.lines().map(str::to_string).collect::<Vec<_>>()
+        })
+        .collect();
     assert!(
-        outcomes.iter().any(|outcome| outcome != &Ok(CHILD_OK)),
-        "sharing one TLS session between processes went unnoticed: {outcomes:?}"
+        seen.iter()
+            .any(|error| CORRUPTION_SYMPTOMS.iter().any(|s| error.contains(s))),
+        "sharing one TLS session between processes showed none of {CORRUPTION_SYMPTOMS:?}; \
+         exits {outcomes:?}, errors seen: {seen:#?}"
     );
+    // The server's side of the same corruption, as the issue reports it. Its log line is
+    // written before the backend leaves pg_stat_activity.
+    let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}");
+    let patience = Instant::now() + QUERY_BOUND;
+    while cluster.query_value(&gone).as_deref() != Some("0") {
+        assert!(Instant::now() < patience, "backend {backend} never exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = cluster.log_contents();
+    let backend_lines: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|line| line.contains(&format!("[{backend}]")))
+        .collect();
+    assert!(
+        backend_lines
+            .iter()
+            .any(|line| line.contains("SSL error: decryption failed or bad record mac")),
+        "the server did not report the corrupted TLS records: {backend_lines:#?}"
+    );
+}
+
+/// An error with its causes, where OpenSSL's reason is (tokio-postgres's own text is only
+/// "error communicating with the server").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(&format!(": {cause_text}"));
+        }
+        source = cause.source();
+    }
+    text
 }
