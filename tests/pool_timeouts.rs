@@ -18,22 +18,52 @@ fn pool(cluster: &Cluster, app: &str, settings: PoolSettings) -> Pool {
 #[test]
 fn silent_listener_fails_the_checkout_within_its_timeout() {
     let listener = silent_listener();
+    // (connect_timeout, checkout_timeout, what the error names as the bound that ran out,
+    // a bound on the whole checkout with a wide margin)
+    let cases = [
+        // Several attempts fit the window; each ends at connect_timeout.
+        (
+            Duration::from_millis(300),
+            Duration::from_millis(800),
+            "connect_timeout 300ms",
+            NOT_HUNG,
+        ),
+        // One attempt would outlast the window: it ends with the window instead, far
+        // before the 20 s an attempt bounded only by connect_timeout would take.
+        (
+            Duration::from_secs(20),
+            Duration::from_millis(300),
+            "what was left of checkout_timeout",
+            Duration::from_secs(5),
+        ),
+    ];
     for sslmode in ["disable", "require"] {
-        let info = ConnInfo::parse(&format!(
-            "host=127.0.0.1 port={} user=app dbname=app sslmode={sslmode}",
-            listener.port()
-        ))
-        .unwrap();
-        let settings = PoolSettings::new()
-            .connect_timeout(Duration::from_millis(300))
-            .checkout_timeout(Duration::from_millis(800));
-        let pool = Pool::new("silent", info, settings).unwrap();
-        let started = Instant::now();
-        let error = pool.checkout("job").unwrap_err();
-        assert!(started.elapsed() < NOT_HUNG, "{:?}", started.elapsed());
-        let text = error.to_string();
-        assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
-        assert!(text.contains("connect_timeout 300ms"), "{text}");
+        for (connect_timeout, checkout_timeout, bound, fails_before) in cases {
+            let info = ConnInfo::parse(&format!(
+                "host=127.0.0.1 port={} user=app dbname=app sslmode={sslmode}",
+                listener.port()
+            ))
+            .unwrap();
+            let settings = PoolSettings::new()
+                .connect_timeout(connect_timeout)
+                .checkout_timeout(checkout_timeout);
+            let pool = Pool::new("silent", info, settings).unwrap();
+            let started = Instant::now();
+            let error = pool.checkout("job").unwrap_err();
+            let elapsed = started.elapsed();
+            let text = error.to_string();
+            assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+            assert!(text.contains(bound), "{sslmode}: {text}");
+            // The whole window is tried, and no attempt runs on past it.
+            assert!(
+                elapsed >= checkout_timeout,
+                "{sslmode}: gave up after {elapsed:?}"
+            );
+            assert!(
+                elapsed < fails_before,
+                "{sslmode}: checkout_timeout {checkout_timeout:?} overrun: failed after {elapsed:?}"
+            );
+        }
     }
 }
 

@@ -340,14 +340,18 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Opens a session, bounded as a whole (socket, TLS, authentication) by connect_timeout.
+    /// Opens a session, bounded as a whole (socket, TLS, authentication) by connect_timeout,
+    /// and by `window_ends` when that comes first: a checkout's own deadline, which one slow
+    /// attempt must not overrun.
     pub(crate) fn open(
         endpoint: &Endpoint,
         id: u64,
         lifetime: Option<Duration>,
+        window_ends: Option<Instant>,
     ) -> Result<Connection, String> {
         let started = Instant::now();
-        let deadline = started + endpoint.connect_timeout;
+        let connect_deadline = started + endpoint.connect_timeout;
+        let deadline = window_ends.map_or(connect_deadline, |end| end.min(connect_deadline));
         let (runtime, runtime_fds) = build_runtime()?;
         let socket = endpoint.open_socket(deadline)?;
         let socket_fd = match &socket {
@@ -372,6 +376,15 @@ impl Connection {
         };
         let (client, task, backend_pid) = match bounded(&runtime, remaining, startup) {
             Ok(result) => result?,
+            Err(_) if deadline < connect_deadline => {
+                return Err(format!(
+                    "no answer from the server within {}, what was left of checkout_timeout \
+                     (TLS or authentication stalled)",
+                    humantime::format_duration(Duration::from_millis(
+                        (deadline - started).as_millis() as u64
+                    ))
+                ))
+            }
             Err(_) => {
                 return Err(format!(
                     "no answer from the server within connect_timeout {} (TLS or authentication stalled)",

@@ -178,14 +178,20 @@ impl Pool {
                 }
             }
             let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
             if state.open_or_opening() < settings.pool_size {
+                if remaining.is_zero() {
+                    break;
+                }
                 state.connecting += 1;
                 let id = state.next_connection_id;
                 state.next_connection_id += 1;
                 let lifetime = state.lifetime(settings);
                 drop(state);
                 connect_attempts += 1;
-                let opened = Connection::open(&shared.endpoint, id, lifetime);
+                // The attempt ends with the checkout's window, not connect_timeout after it.
+                let cut_by_window = remaining < shared.endpoint.connect_timeout;
+                let opened = Connection::open(&shared.endpoint, id, lifetime, Some(deadline));
                 state = shared.lock();
                 state.connecting -= 1;
                 match opened {
@@ -197,8 +203,13 @@ impl Pool {
                         log::debug!(target: "forkpool::pool", "{}: connect to {} failed: {why}", shared.name, shared.endpoint.description);
                         shared.slot_freed.notify_one();
                         let permanent = is_permanent(&why);
-                        last_connect_error = Some(why);
-                        if permanent || Instant::now() >= deadline {
+                        let out_of_time = Instant::now() >= deadline;
+                        // An attempt the window cut short only says that time ran out; the
+                        // attempt before it says why the server did not let us in.
+                        if !(cut_by_window && out_of_time && last_connect_error.is_some()) {
+                            last_connect_error = Some(why);
+                        }
+                        if permanent || out_of_time {
                             break;
                         }
                         let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
@@ -208,7 +219,6 @@ impl Pool {
                     }
                 }
             }
-            let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 break;
             }
@@ -224,6 +234,11 @@ impl Pool {
                 "{error} (connecting to {}, {connect_attempts} attempt(s) in {})",
                 shared.endpoint.description,
                 humantime::format_duration(round_ms(started.elapsed()))
+            ),
+            None if state.open_or_opening() < settings.pool_size => format!(
+                "checkout_timeout {} ran out before a connection to {} could be opened",
+                humantime::format_duration(settings.checkout_timeout),
+                shared.endpoint.description
             ),
             None => format!(
                 "all {} connections in use for {}; raise pool_size or checkout_timeout, or look for jobs holding connections",
@@ -310,7 +325,7 @@ impl Pool {
             state.next_connection_id += 1;
             let lifetime = state.lifetime(settings);
             drop(state);
-            let opened = Connection::open(&shared.endpoint, id, lifetime);
+            let opened = Connection::open(&shared.endpoint, id, lifetime, None);
             let mut state = shared.lock();
             state.connecting -= 1;
             match opened {

@@ -81,17 +81,19 @@ impl PoolSettings {
         self
     }
 
-    /// How long a checkout may wait for a free or new connection, retries included.
-    /// Default 5 s: long enough to ride out a database restart's first seconds, short
-    /// enough that a job fails with a reason rather than hangs.
+    /// How long a checkout may wait for a free or new connection, retries included: a
+    /// connect attempt still running when it ends is cut short. Default 5 s: long enough to
+    /// ride out a database restart's first seconds, short enough that a job fails with a
+    /// reason rather than hangs.
     pub fn checkout_timeout(mut self, d: Duration) -> Self {
         self.checkout_timeout = d;
         self
     }
 
-    /// Bound on opening one connection (TCP, TLS, authentication), on a ping, on the reset at
-    /// checkin and on a cancel request. Default 5 s: libpq has none, which is how a silent
-    /// server hangs a process forever. A `connect_timeout` in the conninfo wins.
+    /// Bound on opening one connection (TCP, TLS, authentication; within a checkout, also
+    /// the time left of `checkout_timeout`), on a ping, on the reset at checkin and on a
+    /// cancel request. Default 5 s: libpq has none, which is how a silent server hangs a
+    /// process forever. A `connect_timeout` in the conninfo wins.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
         self
