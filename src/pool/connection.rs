@@ -285,12 +285,13 @@ fn bounded<F: Future>(
 }
 
 /// Serializes runtime building so the descriptors that appear across one `build()` are that
-/// runtime's own, not another connect's.
+/// runtime's own, not another connect's. Every runtime the pool builds (a connection's, and
+/// `cancel_running`'s throwaway one) goes through [`build_runtime`] and this lock.
 static RUNTIME_BUILD: Mutex<()> = Mutex::new(());
 
 /// A current-thread runtime and the descriptors it created (its epoll and eventfd), which
 /// a forked child must close without letting tokio touch them.
-fn build_runtime() -> Result<(Runtime, Vec<RawFd>), String> {
+pub(crate) fn build_runtime() -> Result<(Runtime, Vec<RawFd>), String> {
     let _serialized = RUNTIME_BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let before = anon_inode_fds();
     let runtime = tokio::runtime::Builder::new_current_thread()

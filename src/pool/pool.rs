@@ -1,7 +1,7 @@
 //! The pool and its checkout guard. One pool per database per process; it starts no thread:
 //! maintenance runs when the owner calls `maintain()` and inline on checkout and checkin.
 
-use super::connection::{Connection, Endpoint, RunError};
+use super::connection::{build_runtime, Connection, Endpoint, RunError};
 use super::conninfo::ConnInfo;
 use super::error::Error;
 use super::settings::{PoolSettings, ResetOnReturn};
@@ -372,13 +372,10 @@ impl Pool {
             return;
         }
         // The checkouts' own runtimes are busy in their threads; a throwaway one carries the
-        // cancel requests.
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-        {
-            Ok(runtime) => runtime,
+        // cancel requests. Built under the same lock as a connection's runtime, or its
+        // descriptors could be taken for those of a runtime built at the same moment.
+        let runtime = match build_runtime() {
+            Ok((runtime, _its_descriptors)) => runtime,
             Err(e) => {
                 log::warn!(target: "forkpool::pool", "{}: cannot cancel running queries: {e}", self.shared.name);
                 return;
