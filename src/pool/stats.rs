@@ -16,7 +16,8 @@ pub struct PoolStats {
     /// Connections opened.
     pub created: u64,
     /// Connections closed, by reason: lifetime, idle, broken, invalidated, ping, reset,
-    /// close, foreign-pid.
+    /// close. Connections a forked child inherits are not counted: the child forgets them
+    /// (they are the parent's sessions) and starts its counters from zero.
     pub closed_by_reason: BTreeMap<String, u64>,
     /// Pre-use pings sent, a round trip each: checkouts of connections idle past
     /// `ping_after`, or whose socket showed the server had closed them.
