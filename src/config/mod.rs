@@ -157,8 +157,9 @@ impl Default for WorkersConfig {
     }
 }
 
-/// `[databases.NAME]`: one connection pool per worker for this database.
-#[derive(Debug, Clone, PartialEq)]
+/// `[databases.NAME]`: one connection pool per worker for this database. Its `Debug` (and so
+/// [`Config`]'s) masks a password written in `url`.
+#[derive(Clone, PartialEq)]
 pub struct DatabaseConfig {
     /// libpq URL or `key=value` string; empty means libpq's defaults (local socket, OS user).
     pub url: String,
@@ -220,6 +221,48 @@ impl Default for DatabaseConfig {
             application_name: pool.application_name,
             max_connections_budget: 0,
         }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be left out of the output unnoticed.
+        let DatabaseConfig {
+            url,
+            password_file,
+            pool_size,
+            min_idle,
+            checkout_timeout,
+            connect_timeout,
+            pre_ping,
+            ping_after,
+            max_lifetime,
+            lifetime_jitter,
+            idle_timeout,
+            reset_on_return,
+            leak_threshold,
+            statement_timeout,
+            application_name,
+            max_connections_budget,
+        } = self;
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::pool::ConnInfo::masked(url))
+            .field("password_file", password_file)
+            .field("pool_size", pool_size)
+            .field("min_idle", min_idle)
+            .field("checkout_timeout", checkout_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("pre_ping", pre_ping)
+            .field("ping_after", ping_after)
+            .field("max_lifetime", max_lifetime)
+            .field("lifetime_jitter", lifetime_jitter)
+            .field("idle_timeout", idle_timeout)
+            .field("reset_on_return", reset_on_return)
+            .field("leak_threshold", leak_threshold)
+            .field("statement_timeout", statement_timeout)
+            .field("application_name", application_name)
+            .field("max_connections_budget", max_connections_budget)
+            .finish()
     }
 }
 
@@ -298,5 +341,51 @@ impl Config {
     /// `FORKPOOL_` variables in it are read), so tests do not depend on the process's.
     pub fn load_from(file: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
         load::load(file, load::FoundBy::Caller, env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_a_password_in_a_database_url() {
+        let mut config = Config {
+            file: PathBuf::from("/etc/forkpool/forkpool.toml"),
+            service: ServiceConfig::default(),
+            workers: WorkersConfig::default(),
+            databases: BTreeMap::new(),
+        };
+        let urls = [
+            "postgresql://app:hunter2-xyz@db/main",
+            "host=db user=app password='hunter2-xyz'",
+            "postgresql://app@db/main?password=hunter2-xyz",
+            // Not a valid conninfo: shown not at all rather than half masked.
+            "postgresql://app:hunter2-xyz@db1,db2/main",
+        ];
+        for (i, url) in urls.iter().enumerate() {
+            config.databases.insert(
+                format!("db{i}"),
+                DatabaseConfig {
+                    url: url.to_string(),
+                    ..DatabaseConfig::default()
+                },
+            );
+        }
+        for (i, database) in config.databases.values().enumerate() {
+            let text = format!("{database:?}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(
+                text.contains("pool_size: 0"),
+                "other fields are shown: {text}"
+            );
+            if i < 3 {
+                assert!(text.contains("password=********"), "{text}");
+            }
+        }
+        for text in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("host=db"), "{text}");
+        }
     }
 }

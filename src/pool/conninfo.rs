@@ -393,6 +393,18 @@ impl fmt::Display for ConnInfo {
     }
 }
 
+impl ConnInfo {
+    /// A connection string (URL or key=value) fit for a log line or a `Debug` output: as
+    /// key=value with the password masked. One that does not parse is not shown at all, as
+    /// it may still hold a password; only why it does not parse.
+    pub fn masked(conninfo: &str) -> String {
+        match ConnInfo::parse(conninfo) {
+            Ok(info) => info.to_string(),
+            Err(error) => format!("(not shown: {error})"),
+        }
+    }
+}
+
 impl fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ConnInfo({self})")
@@ -512,5 +524,22 @@ mod tests {
         }
         let reparsed = ConnInfo::parse(&info.to_string()).unwrap();
         assert_eq!(reparsed.host, info.host);
+    }
+
+    #[test]
+    fn masked_hides_the_password_of_any_connection_string() {
+        assert_eq!(
+            ConnInfo::masked("postgresql://app:hunter2-xyz@db:5433/main"),
+            "host=db port=5433 user=app password=******** dbname=main"
+        );
+        assert_eq!(
+            ConnInfo::masked("host=db password=hunter2-xyz"),
+            "host=db password=********"
+        );
+        assert_eq!(ConnInfo::masked("host=db"), "host=db");
+        // Unparsable: maybe a password in a form we do not know, so nothing of it is shown.
+        let text = ConnInfo::masked("host=db password=hunter2-xyz sslcompression=1");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("sslcompression"), "{text}");
     }
 }
