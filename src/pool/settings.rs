@@ -76,6 +76,11 @@ impl PoolSettings {
 
     /// Idle connections opened ahead of need at `maintain()`. Default 0: lazy, so an idle
     /// worker holds no server slot. Capped at `pool_size`.
+    ///
+    /// Pools are lazy by contract (creating one opens nothing; the first checkout connects),
+    /// and a worker builds a database's pool at its first job on that database: only then
+    /// does its tick call `maintain()`, so `min_idle` keeps connections warm after that first
+    /// use, not from the worker's boot.
     pub fn min_idle(mut self, n: usize) -> Self {
         self.min_idle = n;
         self

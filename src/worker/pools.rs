@@ -57,7 +57,9 @@ impl Pools {
             .collect()
     }
 
-    /// The worker's tick: idle timeouts, lifetimes, `min_idle`, leak warnings.
+    /// The worker's tick: idle timeouts, lifetimes, `min_idle`, leak warnings. Only for pools
+    /// already built: pools are lazy by contract, so a database no job has used yet gets no
+    /// connection, whatever its `min_idle`.
     pub fn maintain(&self) {
         for pool in self.all() {
             pool.maintain();
