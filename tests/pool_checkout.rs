@@ -4,6 +4,7 @@
 mod support;
 
 use forkpool::pool::{ConnInfo, Error, Pool, PoolSettings, ResetOnReturn};
+use std::collections::HashSet;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 use support::{Cluster, APP_PASSWORD};
@@ -332,6 +333,95 @@ fn lifetime_expiry_recycles_at_checkin() {
     let second = pool.checkout("b").unwrap().backend_pid();
     assert_ne!(first, second);
     assert_eq!(pool.stats().closed_by_reason.get("lifetime"), Some(&2));
+}
+
+#[test]
+fn lifetime_jitter_spreads_expiries_within_the_window() {
+    const SESSIONS: usize = 8;
+    // Each session expires between 1 s and 7 s after it connected.
+    let max_lifetime = Duration::from_secs(7);
+    let jitter = Duration::from_secs(6);
+    let cluster = Cluster::shared();
+    let pool = tls_pool(
+        cluster,
+        "t-jitter",
+        PoolSettings::new()
+            .pool_size(SESSIONS)
+            .max_lifetime(Some(max_lifetime))
+            .lifetime_jitter(jitter)
+            .idle_timeout(None),
+    );
+    let opening_began = Instant::now();
+    let held: Vec<_> = (0..SESSIONS)
+        .map(|i| pool.checkout(&format!("open-{i}")).unwrap())
+        .collect();
+    let opened = Instant::now();
+    let pids: HashSet<i32> = held.iter().map(|c| c.backend_pid()).collect();
+    assert_eq!(pids.len(), SESSIONS, "one session per checkout");
+
+    // Each expiry is known to lie in (after, by]: `by` is the end of the checkin or
+    // maintain() that closed the session, `after` the start of the one before, which still
+    // found it alive. The checkin of all sessions comes first; nothing expires before
+    // `opening_began`.
+    let lifetime_closes = |pool: &Pool| -> usize {
+        let stats = pool.stats();
+        stats.closed_by_reason.get("lifetime").copied().unwrap_or(0) as usize
+    };
+    let mut expiries: Vec<(Instant, Instant)> = Vec::new();
+    let mut previous_began = opening_began;
+    let mut began = Instant::now();
+    drop(held);
+    let give_up = opened + max_lifetime + Duration::from_secs(30);
+    loop {
+        let by = Instant::now();
+        let closed = lifetime_closes(&pool);
+        expiries.extend((expiries.len()..closed).map(|_| (previous_began, by)));
+        if closed >= SESSIONS {
+            break;
+        }
+        assert!(by < give_up, "only {closed} of {SESSIONS} sessions expired");
+        // Waiting for wall-clock lifetimes to pass: there is no event to wait for.
+        std::thread::sleep(Duration::from_millis(10));
+        previous_began = began;
+        began = Instant::now();
+        pool.maintain();
+    }
+
+    let since_open = |at: Instant| at.saturating_duration_since(opening_began);
+    let shown: Vec<String> = expiries
+        .iter()
+        .map(|(after, by)| format!("{:?}..{:?}", since_open(*after), since_open(*by)))
+        .collect();
+    // Within the window: no session lived less than max_lifetime - jitter or more than
+    // max_lifetime.
+    let earliest = opening_began + (max_lifetime - jitter);
+    let latest = opened + max_lifetime;
+    assert!(
+        expiries
+            .iter()
+            .all(|(after, by)| *by >= earliest && *after < latest),
+        "expiries (after opening began) {shown:?} outside {:?}..{:?}",
+        since_open(earliest),
+        since_open(latest)
+    );
+    // Spread: without jitter every session would expire within the time the sessions took
+    // to open, one max_lifetime after it. The expiries lie further apart than that.
+    let first = expiries.iter().map(|(_, by)| *by).min().unwrap();
+    let last = expiries.iter().map(|(after, _)| *after).max().unwrap();
+    let opening = opened - opening_began;
+    assert!(
+        last.saturating_duration_since(first) > opening,
+        "expiries {shown:?} are no further apart than the {opening:?} the sessions took to open"
+    );
+    wait_until("the expired sessions leave the server", || {
+        cluster.backend_pids("t-jitter").is_empty()
+    });
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.created, stats.size),
+        (SESSIONS as u64, 0),
+        "{stats:?}"
+    );
 }
 
 #[test]
