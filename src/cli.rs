@@ -16,10 +16,10 @@ use crate::config::Config;
 use crate::master::{self, Master};
 use crate::service::Service;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_UNREACHABLE: i32 = 3;
+pub(crate) const EXIT_OK: i32 = 0;
+pub(crate) const EXIT_FAILED: i32 = 1;
+pub(crate) const EXIT_USAGE: i32 = 2;
+pub(crate) const EXIT_UNREACHABLE: i32 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -91,13 +91,34 @@ struct Target {
     config: Option<PathBuf>,
 }
 
-/// Parses the command line, runs the command, returns the exit code.
+/// Parses the command line, runs the command, returns the exit code: the `forkpool` binary
+/// (src/main.rs), which registers no handler.
+#[doc(hidden)]
 pub fn main() -> i32 {
     main_with(Service::new())
 }
 
 /// The `forkpool` command line for a program of your own that registers Rust handlers:
-/// `run` serves them next to the job files, `check` checks them too.
+/// `run` serves them next to the job files, `check` checks them too, and `submit`, `status`
+/// and `bench` talk to a running service as `forkpool` does. Parses the process's arguments
+/// (exiting with usage on bad ones), sets up logging to stderr (`RUST_LOG`, journald-aware),
+/// runs the command and returns the exit code for [`std::process::exit`]: 0 success, 1 the
+/// job or request failed, 2 bad usage or configuration, 3 the service could not be reached.
+///
+/// ```no_run
+/// use forkpool::handler::{JobContext, JobError};
+/// use serde_json::{json, Map, Value};
+///
+/// fn ping(_ctx: &mut JobContext<'_>, _args: &Map<String, Value>) -> Result<Value, JobError> {
+///     Ok(json!("pong"))
+/// }
+///
+/// fn main() {
+///     // `my-service run --config config/forkpool.toml`, `my-service submit ping`, ...
+///     let service = forkpool::Service::new().handler("ping", ping);
+///     std::process::exit(forkpool::cli::main_with(service));
+/// }
+/// ```
 pub fn main_with(service: Service) -> i32 {
     let cli = Cli::parse();
     init_logging();

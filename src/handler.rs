@@ -1,9 +1,18 @@
-//! Jobs written in Rust: the [`Handler`] trait and the [`JobContext`] a handler receives.
+//! Jobs written in Rust: the [`Handler`] trait, the [`JobContext`] a handler receives, and
+//! [`JobError`], what it answers when it fails.
 //!
 //! A handler runs on a worker's executor thread with the same supervision, pools, timeouts
 //! and protocol as a SQL job. Its connections come from the worker's pools and go back
 //! through the same checkin, so a handler that forgets to commit cannot leak a transaction
-//! to the next job.
+//! to the next job. A handler that panics answers `internal` with the panic message, and its
+//! worker carries on (forkpool holds none of its own locks while a handler runs, and the
+//! job's connections are checked in and reset during the unwind).
+//!
+//! The database types a handler touches are re-exported here: [`PooledConnection`] (what
+//! [`JobContext::db`] lends), the [`PoolError`] its methods return (with the server's
+//! [`DbError`] inside), and the `tokio-postgres` types its methods take and return
+//! ([`Row`], [`Statement`], [`ToSql`], [`Type`]), so a handler needs no `tokio-postgres`
+//! dependency of its own.
 //!
 //! ```no_run
 //! use forkpool::handler::{JobContext, JobError};
@@ -30,12 +39,43 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-pub use crate::pool::PooledConnection;
 use crate::protocol::{ErrorBody, ErrorKind};
 use crate::worker::{pool_error_body, Pools};
 
+// What a handler's connection takes and returns, so a handler needs no import from
+// tokio-postgres or from the (internal) pool module.
+pub use crate::pool::{DbError, Error as PoolError, PooledConnection};
+pub use tokio_postgres::types::{ToSql, Type};
+pub use tokio_postgres::{Row, Statement};
+
 /// A job written in Rust. Handlers are shared by a worker's executor threads, hence `Sync`;
 /// they are synchronous, and should watch [`JobContext::deadline`] in long loops.
+///
+/// A function or closure with the signature of [`Handler::run`] is a handler; implement the
+/// trait on a type of your own when the handler carries state (a client, a setting):
+///
+/// ```
+/// use forkpool::handler::{Handler, JobContext, JobError};
+/// use serde_json::{json, Map, Value};
+///
+/// /// Answers with a greeting set when the service was built.
+/// struct Greeter {
+///     greeting: String,
+/// }
+///
+/// impl Handler for Greeter {
+///     fn run(&self, _ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError> {
+///         let name = args.get("name").and_then(Value::as_str)
+///             .ok_or_else(|| JobError::invalid_args("`name` must be a string"))?;
+///         Ok(json!(format!("{}, {name}", self.greeting)))
+///     }
+/// }
+///
+/// let service = forkpool::Service::new()
+///     .handler("greet", Greeter { greeting: "Hello".into() })
+///     .handler("ping", |_: &mut JobContext<'_>, _: &Map<String, Value>| Ok(json!("pong")));
+/// # drop(service);
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// Runs the job: `args` is the request's `args` object, unchecked (a handler validates
     /// its own arguments and answers [`JobError::invalid_args`]). The returned value is the
@@ -57,7 +97,7 @@ where
 
 /// A registered handler as the catalog holds it: compared by identity, printed by name.
 #[derive(Clone)]
-pub struct HandlerRef(pub Arc<dyn Handler>);
+pub(crate) struct HandlerRef(pub(crate) Arc<dyn Handler>);
 
 impl fmt::Debug for HandlerRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,6 +126,15 @@ pub struct HandlerOptions {
 /// Why a handler job failed: a kind from the protocol's closed set and a message for a
 /// person. `?` converts pool errors (`db_error` with its SQLSTATE, `timeout`,
 /// `db_unavailable`).
+///
+/// ```
+/// use forkpool::handler::JobError;
+///
+/// let error = JobError::failed("the object store answered 503");
+/// assert_eq!(error.kind(), "job_failed");
+/// assert_eq!(error.to_string(), "job_failed: the object store answered 503");
+/// assert_eq!(JobError::invalid_args("`name` is missing").kind(), "invalid_args");
+/// ```
 #[derive(Debug, Clone)]
 pub struct JobError(pub(crate) ErrorBody);
 
@@ -105,6 +154,7 @@ impl JobError {
         self.0.kind.as_str()
     }
 
+    /// The message for a person (the answer's `error.message`).
     pub fn message(&self) -> &str {
         &self.0.message
     }
@@ -185,7 +235,27 @@ impl<'a> JobContext<'a> {
     }
 
     /// Runs `work` in a transaction on `database`: committed if it returns `Ok`, rolled back
-    /// if it returns `Err` or panics.
+    /// if it returns `Err` or panics (the panic then goes on, and the job answers
+    /// `internal`). The rollback is the helper's own, whatever the database's
+    /// `reset_on_return`.
+    ///
+    /// ```no_run
+    /// # use forkpool::handler::{JobContext, JobError};
+    /// # use serde_json::{json, Map, Value};
+    /// fn add_child(ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError> {
+    ///     let parent = args.get("parent_id").and_then(Value::as_i64)
+    ///         .ok_or_else(|| JobError::invalid_args("`parent_id` must be an integer"))?;
+    ///     // Both statements or neither.
+    ///     let id: i64 = ctx.transaction("main", |db| {
+    ///         let rows = db.query_sql(
+    ///             "INSERT INTO items (parent_id) VALUES ($1) RETURNING id", &[&parent])?;
+    ///         db.query_sql(
+    ///             "UPDATE parents SET child_count = child_count + 1 WHERE id = $1", &[&parent])?;
+    ///         Ok(rows[0].get(0))
+    ///     })?;
+    ///     Ok(json!({ "id": id }))
+    /// }
+    /// ```
     pub fn transaction<T>(
         &mut self,
         database: &str,

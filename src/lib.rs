@@ -2,22 +2,65 @@
 //!
 //! A master process loads its configuration once and forks worker processes; each worker
 //! builds its own connection pools after the fork. See `DESIGN.md` for the contract.
+//!
+//! As a library, forkpool runs jobs written in Rust next to the SQL job files, under the same
+//! master, pools, timeouts and socket protocol. The public surface is small:
+//!
+//! - [`Service`]: the handlers to register, then [`Service::run`] or [`cli::main_with`];
+//! - [`handler`]: the [`Handler`](handler::Handler) trait, the
+//!   [`JobContext`](handler::JobContext) a handler receives (`ctx.db("main")`,
+//!   `ctx.transaction(..)`, the job id and deadline), [`JobError`](handler::JobError), and
+//!   the database types a handler touches ([`PooledConnection`](handler::PooledConnection)
+//!   and what its methods take and return);
+//! - [`cli`]: the whole `forkpool` command line for a program of your own.
+//!
+//! ```no_run
+//! use forkpool::handler::{JobContext, JobError};
+//! use serde_json::{json, Map, Value};
+//!
+//! fn add_note(ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError> {
+//!     let note = args.get("note").and_then(Value::as_str)
+//!         .ok_or_else(|| JobError::invalid_args("`note` must be a string"))?;
+//!     let id: i64 = ctx.transaction("main", |db| {
+//!         let rows = db.query_sql("INSERT INTO notes (note) VALUES ($1) RETURNING id", &[&note])?;
+//!         Ok(rows[0].get(0))
+//!     })?;
+//!     Ok(json!({ "id": id }))
+//! }
+//!
+//! fn main() {
+//!     let service = forkpool::Service::new().handler("add_note", add_note);
+//!     std::process::exit(forkpool::cli::main_with(service));
+//! }
+//! ```
+#![deny(missing_docs)]
 
-pub mod bench;
+// Internal modules. Those marked `#[doc(hidden)] pub` are reachable only for the integration
+// tests (tests/) and the binary, not part of the library's API: they may change without
+// notice. (`missing_docs` skips hidden items.)
+pub(crate) mod bench;
+#[doc(hidden)]
 pub mod catalog;
 pub mod cli;
+#[doc(hidden)]
 pub mod config;
-pub mod databases;
+pub(crate) mod databases;
 pub mod handler;
-pub mod ipc;
-pub mod master;
+pub(crate) mod ipc;
+pub(crate) mod master;
+// The pool's types a handler touches are re-exported from `handler`, where they are part of
+// the API; a few of their methods and fields still lack docs in src/pool (issue 8's note
+// lists them), and the lint does not see them through the re-export.
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod pool;
 mod probe;
+#[doc(hidden)]
 pub mod protocol;
-pub mod service;
+mod service;
 mod status_prometheus;
 mod status_table;
-pub mod systemd;
-pub mod worker;
+pub(crate) mod systemd;
+pub(crate) mod worker;
 
 pub use service::Service;

@@ -58,7 +58,7 @@ pub struct JobSpec {
     pub statements: Vec<SqlStatement>,
     /// Set for a job written in Rust ([`crate::Service::handler`]): the worker calls it
     /// instead of running statements, and its arguments are its own to check.
-    pub handler: Option<HandlerRef>,
+    pub(crate) handler: Option<HandlerRef>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,7 +150,7 @@ impl Catalog {
     }
 
     /// Adds a job written in Rust; its name must not be taken by a job file.
-    pub fn add_handler(
+    pub(crate) fn add_handler(
         &mut self,
         name: &str,
         options: &HandlerOptions,
