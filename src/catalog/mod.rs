@@ -149,7 +149,8 @@ impl Catalog {
         }
     }
 
-    /// Adds a job written in Rust; its name must not be taken by a job file.
+    /// Adds a job written in Rust; its name must not be taken by a job file or by another
+    /// handler.
     pub(crate) fn add_handler(
         &mut self,
         name: &str,
@@ -157,10 +158,12 @@ impl Catalog {
         handler: HandlerRef,
         default_timeout: Duration,
     ) -> Result<(), String> {
-        if self.jobs.contains_key(name) {
-            return Err(format!(
-                "handler `{name}`: a job file of the catalog already has that name"
-            ));
+        if let Some(taken) = self.jobs.get(name) {
+            return Err(if taken.handler.is_some() {
+                format!("handler `{name}`: registered twice; give each handler its own name")
+            } else {
+                format!("handler `{name}`: a job file of the catalog already has that name")
+            });
         }
         let spec = JobSpec {
             name: name.to_string(),
@@ -707,5 +710,49 @@ mod tests {
         let errors = Catalog::load(Path::new("/nonexistent/workers"), MINUTE).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("/nonexistent/workers: cannot read the job directory"));
+    }
+
+    fn a_handler() -> HandlerRef {
+        fn answer(
+            _ctx: &mut crate::handler::JobContext<'_>,
+            _args: &Map<String, Json>,
+        ) -> Result<Json, crate::handler::JobError> {
+            Ok(Json::Null)
+        }
+        HandlerRef(Arc::new(answer))
+    }
+
+    #[test]
+    fn a_handler_named_like_a_job_file_is_refused_with_the_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("add.toml"), "sql = \"SELECT 1\"").unwrap();
+        let mut catalog = Catalog::load(dir.path(), MINUTE).unwrap();
+        let error = catalog
+            .add_handler("add", &HandlerOptions::default(), a_handler(), MINUTE)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "handler `add`: a job file of the catalog already has that name"
+        );
+        assert!(
+            catalog.get("add").unwrap().handler.is_none(),
+            "the job file stays"
+        );
+    }
+
+    #[test]
+    fn a_handler_registered_twice_is_refused_as_registered_twice() {
+        let mut catalog = Catalog::default();
+        let options = HandlerOptions::default();
+        catalog
+            .add_handler("upload", &options, a_handler(), MINUTE)
+            .unwrap();
+        let error = catalog
+            .add_handler("upload", &options, a_handler(), MINUTE)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "handler `upload`: registered twice; give each handler its own name"
+        );
     }
 }
