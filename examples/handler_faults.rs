@@ -44,13 +44,31 @@ fn leaves_transaction_open(
     let db = ctx.db("main")?;
     db.batch_execute("BEGIN")?;
     db.query_sql("INSERT INTO fault_notes (note) VALUES ($1)", &[&note])?;
-    Ok(json!({ "left_open": true }))
+    Ok(json!({ "left_open": true, "backend": db.backend_pid() }))
+}
+
+/// Not a fault: the witness of the others. Says whether it found a transaction already open
+/// on its connection (one that has written has a transaction id), writes its note and
+/// commits whatever is open — so a transaction a previous job left behind would be
+/// committed, and its writes made visible, with this one.
+fn commits_whatever_is_open(
+    ctx: &mut JobContext<'_>,
+    args: &Map<String, Value>,
+) -> Result<Value, JobError> {
+    let note = note(args);
+    let db = ctx.db("main")?;
+    let found = db.query_sql("SELECT txid_current_if_assigned()::text", &[])?;
+    let open_transaction: Option<String> = found[0].get(0);
+    db.query_sql("INSERT INTO fault_notes (note) VALUES ($1)", &[&note])?;
+    db.batch_execute("COMMIT")?;
+    Ok(json!({ "open_transaction": open_transaction, "backend": db.backend_pid() }))
 }
 
 fn main() {
     let service = forkpool::Service::new()
         .handler("fails_after_insert", fails_after_insert)
         .handler("panics_after_insert", panics_after_insert)
-        .handler("leaves_transaction_open", leaves_transaction_open);
+        .handler("leaves_transaction_open", leaves_transaction_open)
+        .handler("commits_whatever_is_open", commits_whatever_is_open);
     std::process::exit(forkpool::cli::main_with(service));
 }

@@ -68,15 +68,23 @@ fn concurrent_uploads_across_workers_count_every_item_exactly_once() {
     assert_eq!(answer["error"]["kind"], "invalid_args", "{answer}");
 }
 
-fn faults_service(cluster: &Cluster) -> Service {
+/// The `handler_faults` example with one worker, one executor thread and one connection,
+/// so every job runs on the session the previous job left behind. `reset_on_return` is the
+/// database's: with "none", checkin ends no transaction, so only the handler's own
+/// transaction helper can have rolled back.
+fn faults_service(cluster: &Cluster, reset_on_return: &str) -> Service {
     // Once per test binary: concurrent CREATE TABLE IF NOT EXISTS can collide in pg_type.
     static TABLE: std::sync::Once = std::sync::Once::new();
     TABLE.call_once(|| {
         cluster
             .execute("CREATE TABLE fault_notes (note text); ALTER TABLE fault_notes OWNER TO app")
     });
-    let mut options = ServiceOptions::on(cluster).example("handler_faults");
+    let mut options = ServiceOptions::on(cluster)
+        .example("handler_faults")
+        .database_key("pool_size", "1")
+        .database_key("reset_on_return", &format!("\"{reset_on_return}\""));
     options.workers = 1;
+    options.threads = 1;
     Service::start(options)
 }
 
@@ -87,28 +95,66 @@ fn notes(cluster: &Cluster, note: &str) -> i64 {
     )
 }
 
+/// Runs `commits_whatever_is_open`: commits its own note and whatever transaction it found
+/// open on the connection. Returns the backend it ran on.
+fn commit_a_witness(service: &Service, note: &str) -> i64 {
+    let answer = service.submit("commits_whatever_is_open", json!({ "note": note }));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(
+        answer["result"]["value"]["open_transaction"],
+        Value::Null,
+        "the job found a transaction left open on its connection: {answer}"
+    );
+    answer["result"]["value"]["backend"].as_i64().unwrap()
+}
+
 #[test]
 fn a_handler_error_rolls_back_what_it_wrote() {
     let cluster = Cluster::shared();
-    let service = faults_service(cluster);
+    // No reset at checkin: if the helper did not roll back, the insert would still be open
+    // on the connection, and the next job's COMMIT would make it visible.
+    let service = faults_service(cluster, "none");
+    let backend = commit_a_witness(&service, "before error");
     let answer = service.submit("fails_after_insert", json!({"note": "error"}));
     assert_eq!(answer["error"]["kind"], "job_failed", "{answer}");
     assert_eq!(answer["error"]["message"], "the external service said no");
-    assert_eq!(notes(cluster, "error"), 0);
+    assert_eq!(
+        commit_a_witness(&service, "after error"),
+        backend,
+        "the next job ran on the same connection"
+    );
+    assert_eq!(notes(cluster, "after error"), 1);
+    assert_eq!(
+        notes(cluster, "error"),
+        0,
+        "the helper rolled the insert back"
+    );
 }
 
 #[test]
 fn a_panicking_handler_answers_internal_writes_nothing_and_the_worker_serves_on() {
     let cluster = Cluster::shared();
-    let service = faults_service(cluster);
+    // As above: with no reset at checkin, only the helper's rollback can undo the insert.
+    let service = faults_service(cluster, "none");
     let pid_before = service.worker_pids();
+    let backend = commit_a_witness(&service, "before panic");
     let answer = service.submit("panics_after_insert", json!({"note": "panic"}));
     assert_eq!(answer["error"]["kind"], "internal", "{answer}");
     assert!(answer["error"]["message"]
         .as_str()
         .unwrap()
         .contains("a bug in the handler"));
-    assert_eq!(notes(cluster, "panic"), 0);
+    assert_eq!(
+        commit_a_witness(&service, "after panic"),
+        backend,
+        "the next job ran on the same connection"
+    );
+    assert_eq!(notes(cluster, "after panic"), 1);
+    assert_eq!(
+        notes(cluster, "panic"),
+        0,
+        "the helper rolled the insert back"
+    );
     let answer = service.submit("add", json!({"a": 1}));
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(
@@ -121,24 +167,21 @@ fn a_panicking_handler_answers_internal_writes_nothing_and_the_worker_serves_on(
 #[test]
 fn a_transaction_left_open_by_a_handler_is_reset_on_return() {
     let cluster = Cluster::shared();
-    let service = faults_service(cluster);
+    let service = faults_service(cluster, "rollback");
     let answer = service.submit("leaves_transaction_open", json!({"note": "open"}));
     assert_eq!(answer["result"]["value"]["left_open"], true, "{answer}");
+    let backend = answer["result"]["value"]["backend"].as_i64().unwrap();
+    // The next job gets the same session and commits whatever is open on it: had checkin
+    // not rolled the leftover back, the job would find it open and commit the insert.
+    assert_eq!(
+        commit_a_witness(&service, "after open"),
+        backend,
+        "the next job ran on the same connection"
+    );
+    assert_eq!(notes(cluster, "after open"), 1);
     assert_eq!(
         notes(cluster, "open"),
         0,
         "the insert was rolled back at checkin"
-    );
-    assert_eq!(
-        count(
-            cluster,
-            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
-        ),
-        0
-    );
-    // The worker's next job runs on a clean connection.
-    assert_eq!(
-        service.submit("add", json!({"a": 2}))["result"]["rows"][0]["sum"],
-        3
     );
 }
