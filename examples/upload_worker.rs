@@ -1,7 +1,11 @@
 //! A forkpool service with a Rust handler that does real work: it "uploads" a file to an
 //! external store, then records the item and counts it under its parent in one transaction.
 //!
-//! Run it like `forkpool run` (the same command line: run, submit, status, check, bench):
+//! Run it like `forkpool run` (the same command line: run, submit, status, check, bench),
+//! from the repository's root so that `config/forkpool.toml` is found. That configuration's
+//! `[databases.main]` is libpq's defaults (the local socket, your OS user, the database of
+//! the same name); `FORKPOOL_DATABASES__MAIN__URL` or the `PG*` variables point it elsewhere.
+//! The handler creates its two tables on first use, so that user needs `CREATE` there.
 //!
 //! ```sh
 //! cargo run --example upload_worker -- run
