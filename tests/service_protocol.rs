@@ -55,12 +55,11 @@ SELECT true AS b, 7::int2 AS i2, 8::int4 AS i4, 9000000000::int8 AS i8,
 echo = "text"
 "#;
 
-/// One service for the tests that do not need their own; `Service` kills it on drop, but a
-/// static is never dropped, so the tests that share it leave it to the process exit
-/// (PR_SET_PDEATHSIG takes the workers with the master).
+/// One service for the tests that do not need their own, stopped and removed at process exit
+/// (a static is never dropped; see `Service::shared`).
 fn shared_service() -> &'static Service {
     static SERVICE: OnceLock<Service> = OnceLock::new();
-    SERVICE.get_or_init(|| {
+    Service::shared(&SERVICE, || {
         let cluster = Cluster::shared();
         cluster.execute(
             "CREATE TABLE IF NOT EXISTS ledger (id serial PRIMARY KEY, note text); \

@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: a private PostgreSQL cluster per test binary
-//! (or per test), test certificates, and a TCP listener that never answers.
+//! (or per test), test certificates, a TCP listener that never answers, the `forkpool` binary
+//! as a service, and child processes that die with the test process.
 //!
 //! Each test file does `mod support;` and compiles this module into its own binary, using
 //! only the helpers it needs; without the allows below every binary would warn about the
@@ -14,6 +15,7 @@ mod postmaster;
 mod server_files;
 mod service;
 mod silent;
+mod tied;
 
 pub use binaries::{default_search_path, find_server_bindir};
 pub use certs::{certificate_authority, server_certificate, CertifiedKey};
@@ -23,3 +25,4 @@ pub use cluster::{
 };
 pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
 pub use silent::{silent_listener, SilentListener};
+pub use tied::spawn_tied;

@@ -3,22 +3,46 @@
 //!
 //! Readiness is awaited as an event: the master's log lines are read from its stderr as they
 //! come, and `start` returns once every worker has logged `ready`.
+//!
+//! No service outlives the test process: the master is started by [`spawn_tied`], so the
+//! kernel kills it when the process dies (its workers follow it by their own
+//! `PR_SET_PDEATHSIG`); `Drop` stops it and removes its directory, and a service kept in a
+//! static for several tests ([`Service::shared`]) is stopped and removed at process exit.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use super::tied::spawn_tied;
 use super::Cluster;
 
 /// How long a test waits for an event of the service before it fails with the logs.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often [`Service::wait_for_status`] asks: `status` is cheap, and what it waits for
+/// (a worker's heartbeat, once a second) has no event of its own.
+const STATUS_POLL: Duration = Duration::from_millis(20);
+
+/// What the test process's environment may hold that would tell the service under test it
+/// runs under systemd (when `cargo test` itself runs in a unit or under journald): removed,
+/// so a test sets them only on purpose.
+const SYSTEMD_VARIABLES: [&str; 7] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "JOURNAL_STREAM",
+];
 
 /// What a test's service looks like.
 pub struct ServiceOptions {
@@ -174,10 +198,13 @@ impl Service {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        for key in SYSTEMD_VARIABLES {
+            command.env_remove(key);
+        }
         for (key, value) in &options.env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("starting the forkpool binary");
+        let mut child = spawn_tied(command).expect("starting the forkpool binary");
         let log = Arc::new(Log::default());
         let stderr = child.stderr.take().unwrap();
         {
@@ -198,6 +225,29 @@ impl Service {
             log,
             workers: options.workers,
         }
+    }
+
+    /// The service kept in `cell` for the tests of one binary that share it, started by
+    /// `start` on first use. A static is never dropped, so an atexit handler stops it and
+    /// removes its directory when the test process exits.
+    pub fn shared(
+        cell: &'static OnceLock<Service>,
+        start: impl FnOnce() -> Service,
+    ) -> &'static Service {
+        cell.get_or_init(|| {
+            let service = start();
+            static REGISTER: Once = Once::new();
+            // SAFETY: registers a plain function with no captured state.
+            REGISTER.call_once(|| unsafe {
+                libc::atexit(stop_shared_services);
+            });
+            lock(&SHARED_SERVICES).push(SharedService {
+                owner: std::process::id(),
+                master: service.pid(),
+                dir: service.dir.path().to_path_buf(),
+            });
+            service
+        })
     }
 
     pub fn pid(&self) -> Pid {
@@ -247,6 +297,26 @@ impl Service {
         answer["result"].clone()
     }
 
+    /// Asks for `status` until `done` holds for the answer and returns that answer; panics
+    /// with the last answer and the logs after `EVENT_TIMEOUT`. For what only a heartbeat
+    /// brings (RSS, pool counters): the test cannot be told when one arrives.
+    pub fn wait_for_status(&self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "waited {EVENT_TIMEOUT:?} for {what}; last status: {status:#}\nlogs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(STATUS_POLL);
+        }
+    }
+
     pub fn signal(&self, signal: Signal) {
         kill(self.pid(), signal).expect("signalling the master");
     }
@@ -286,6 +356,36 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+}
+
+/// A service in a static: what the atexit handler needs to stop it and remove its directory.
+struct SharedService {
+    /// The test process that started it: a child forked from that process (without exec)
+    /// inherits the handler and must not stop its parent's service when it exits.
+    owner: u32,
+    master: Pid,
+    dir: PathBuf,
+}
+
+static SHARED_SERVICES: Mutex<Vec<SharedService>> = Mutex::new(Vec::new());
+
+/// At exit: what `Drop` does for a service that is never dropped. Never panics.
+extern "C" fn stop_shared_services() {
+    for service in lock(&SHARED_SERVICES).drain(..) {
+        if service.owner != std::process::id() {
+            continue;
+        }
+        let _ = kill(service.master, Signal::SIGKILL);
+        let _ = waitpid(service.master, None);
+        let _ = std::fs::remove_dir_all(&service.dir);
+    }
+}
+
+/// Locks even a mutex poisoned by a panicking test: cleanup must still happen.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A connection to the service: send requests (pipelined if you like), read answers.
