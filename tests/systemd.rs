@@ -8,11 +8,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -25,11 +27,18 @@ use support::{Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 // ---- the notification socket ---------------------------------------------------------------
 
 /// The test's end of `NOTIFY_SOCKET`: every datagram the service sent, in order.
+///
+/// A thread reads the socket all the time, as systemd does, and passes each datagram on
+/// through a channel: a test busy with `status` or `submit` must not let the socket's queue
+/// fill up (`net.unix.max_dgram_qlen`, 10 by default), or the service's messages are dropped.
 struct Notifications {
+    received: Receiver<String>,
+    /// For `sync`, and to end the reader on drop.
     socket: UnixDatagram,
+    path: PathBuf,
     _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
     seen: Vec<String>,
+    marks: u32,
 }
 
 impl Notifications {
@@ -40,11 +49,25 @@ impl Notifications {
             .unwrap();
         let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
+        let reader = socket.try_clone().unwrap();
+        let (deliver, received) = channel();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            // Ends when `drop` shuts the socket down (recv gives 0) or the test is gone.
+            while let Ok(n @ 1..) = reader.recv(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                if deliver.send(message).is_err() {
+                    break;
+                }
+            }
+        });
         Notifications {
+            received,
             socket,
-            _dir: dir,
             path,
+            _dir: dir,
             seen: Vec::new(),
+            marks: 0,
         }
     }
 
@@ -55,20 +78,19 @@ impl Notifications {
 
     /// The next datagram within `timeout`, if one comes.
     fn next(&mut self, timeout: Duration) -> Option<String> {
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .unwrap();
-        let mut buffer = [0u8; 4096];
-        match self.socket.recv(&mut buffer) {
-            Ok(n) => {
-                let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        match self.received.recv_timeout(timeout) {
+            Ok(message) => {
                 self.seen.push(message.clone());
                 Some(message)
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => None,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut) => None,
-            Err(e) => panic!("reading the notify socket: {e}"),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => panic!("the notify socket reader stopped"),
         }
+    }
+
+    fn wait_for_any(&mut self) -> String {
+        self.next(EVENT_TIMEOUT)
+            .unwrap_or_else(|| panic!("no notification within {EVENT_TIMEOUT:?}"))
     }
 
     /// Reads datagrams until one has the line `line` (e.g. `READY=1`); returns it.
@@ -90,16 +112,53 @@ impl Notifications {
         }
     }
 
-    /// Throws away what is already queued.
-    fn drain(&mut self) {
-        self.socket.set_nonblocking(true).unwrap();
-        let mut buffer = [0u8; 4096];
-        while let Ok(n) = self.socket.recv(&mut buffer) {
-            self.seen
-                .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+    /// Takes in everything the service sent so far: the test sends a mark of its own to the
+    /// socket and reads up to it (a datagram socket keeps order), so nothing already sent is
+    /// still on its way through the reader. Call it when the service sends no more (stopped
+    /// or exited).
+    fn sync(&mut self) {
+        self.marks += 1;
+        let mark = format!("TEST_MARK={}", self.marks);
+        UnixDatagram::unbound()
+            .unwrap()
+            .send_to(mark.as_bytes(), &self.path)
+            .expect("sending a mark to the notify socket");
+        loop {
+            let message = self.wait_for_any();
+            if message == mark {
+                self.seen.pop();
+                return;
+            }
         }
-        self.socket.set_nonblocking(false).unwrap();
     }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// A STATUS= line: "2/2 workers serving, queue 0, 0.5 jobs/s" as (serving, target, queue,
+/// jobs/s); panics naming the line if it is not one.
+fn parse_status(line: &str) -> (usize, usize, usize, f64) {
+    let parsed = (|| {
+        let (workers, rest) = line.split_once(" workers serving, queue ")?;
+        let (serving, target) = workers.split_once('/')?;
+        let (queue, rest) = rest.split_once(", ")?;
+        let rate = rest.strip_suffix(" jobs/s")?;
+        Some((
+            serving.parse().ok()?,
+            target.parse().ok()?,
+            queue.parse().ok()?,
+            rate.parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r >= 0.0)?,
+        ))
+    })();
+    parsed.unwrap_or_else(|| {
+        panic!("STATUS={line:?} is not \"N/M workers serving, queue Q, R jobs/s\"")
+    })
 }
 
 /// The value of `KEY=value` in a notification.
@@ -199,20 +258,28 @@ fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
         "READY=1 before the workers served: {status}"
     );
     let line = field(&ready, "STATUS").expect("READY=1 comes with a STATUS=");
-    assert!(line.starts_with("2/2 workers serving, queue 0"), "{line}");
+    assert_eq!(parse_status(line), (2, 2, 0, 0.0), "no job ran yet: {line}");
     assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
 
-    // STATUS= is refreshed on its own, and the watchdog is pinged at half WATCHDOG_USEC.
-    let refreshed = loop {
+    // STATUS= is refreshed on its own, and the job just run counts in one refresh's jobs/s:
+    // each line counts the jobs finished since the one before.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no STATUS= counted the job within {EVENT_TIMEOUT:?}: {:#?}",
+            notifications.seen
+        );
         let message = notifications.wait_for_any();
-        if field(&message, "STATUS").is_some() && !message.contains("READY=1") {
-            break message;
+        let Some(line) = field(&message, "STATUS") else {
+            continue;
+        };
+        let (serving, target, queue, rate) = parse_status(line);
+        assert_eq!((serving, target, queue), (2, 2, 0), "{line}");
+        if rate > 0.0 {
+            break;
         }
-    };
-    assert!(
-        field(&refreshed, "STATUS").unwrap().contains("jobs/s"),
-        "{refreshed}"
-    );
+    }
     for _ in 0..3 {
         notifications.wait_for("WATCHDOG=1");
     }
@@ -223,7 +290,7 @@ fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
         Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => {}
         other => panic!("expected the master stopped, got {other:?}"),
     }
-    notifications.drain();
+    notifications.sync();
     let silent_for = Duration::from_secs(1); // five watchdog intervals
     if let Some(message) = notifications.next(silent_for) {
         let _ = kill(service.pid(), Signal::SIGCONT);
@@ -245,7 +312,10 @@ fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
         before <= stamp && stamp <= after,
         "{before} <= {stamp} <= {after}"
     );
-    notifications.wait_for("READY=1");
+    let ready = notifications.wait_for("READY=1");
+    let line = field(&ready, "STATUS").expect("READY=1 comes with a STATUS=");
+    let (serving_now, target, _, _) = parse_status(line);
+    assert_eq!((serving_now, target), (2, 2), "{line}");
     let status = service.status();
     assert_eq!(
         serving(&status, 2),
@@ -256,7 +326,7 @@ fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
     service.signal(Signal::SIGTERM);
     notifications.wait_for("STOPPING=1");
     assert!(service.wait_exit().success());
-    notifications.drain();
+    notifications.sync();
     let after_stopping: Vec<&String> = notifications
         .seen
         .iter()
@@ -267,13 +337,6 @@ fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
         after_stopping.is_empty(),
         "READY=1 after STOPPING=1: {after_stopping:?}"
     );
-}
-
-impl Notifications {
-    fn wait_for_any(&mut self) -> String {
-        self.next(EVENT_TIMEOUT)
-            .unwrap_or_else(|| panic!("no notification within {EVENT_TIMEOUT:?}"))
-    }
 }
 
 // ---- socket activation ---------------------------------------------------------------------
