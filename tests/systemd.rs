@@ -22,7 +22,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use support::{Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+use support::{spawn_tied, Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
 // ---- the notification socket ---------------------------------------------------------------
 
@@ -339,6 +339,54 @@ fn notifies_ready_status_reloading_stopping_and_pings_the_watchdog() {
     );
 }
 
+/// systemd stuck or slow: the queue of NOTIFY_SOCKET full and nobody reading. The master
+/// drops its notifications instead of waiting in send, so clients are still answered.
+#[test]
+fn a_notify_socket_nobody_reads_does_not_stop_the_service() {
+    let dir = tempfile::Builder::new()
+        .prefix("forkpool-notify-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("notify.sock");
+    let _never_read = UnixDatagram::bind(&path).expect("binding the notify socket");
+    // Filled before the service starts, so that every notification meets a full queue.
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    loop {
+        match filler.send_to(b"FILLER=1", &path) {
+            Ok(_) => queued += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the notify socket: {e}"),
+        }
+        assert!(queued < 100_000, "the notify socket's queue never filled");
+    }
+    let mut options = ServiceOptions::on(Cluster::shared());
+    for (key, value) in [
+        ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "20000"), // WATCHDOG=1 every 10 ms
+        ("RUST_LOG", "info,forkpool::systemd=debug"),
+    ] {
+        options.env.push((key.to_string(), value.to_string()));
+    }
+    // Returns once the workers are ready: the master was not stuck in its first send.
+    let service = Service::start(options);
+    service.wait_for_log(
+        "NOTIFY_SOCKET is full (systemd is not reading): dropped READY=1",
+        1,
+    );
+    service.wait_for_log("dropped WATCHDOG=1", 20);
+
+    let status = service.status();
+    assert_eq!(serving(&status, 1), 2, "{status}");
+    let answer = service.submit("add", json!({"a": 1, "b": 2}));
+    assert_eq!(answer["result"]["rows"], json!([{"sum": 3}]), "{answer}");
+    // Still dropping, still answering.
+    let dropped = service.logs().matches("dropped WATCHDOG=1").count();
+    service.wait_for_log("dropped WATCHDOG=1", dropped + 20);
+    assert_eq!(service.status()["totals"]["succeeded"], 1);
+}
+
 // ---- socket activation ---------------------------------------------------------------------
 
 /// Writes `digits` of `value` into `buffer` (NUL-terminated) without allocating: this runs
@@ -438,7 +486,7 @@ fn serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
             failed(libc::setenv(c"LISTEN_PID".as_ptr(), pid, 1))
         });
     }
-    let child = command.spawn().expect("starting the forkpool binary");
+    let child = spawn_tied(command).expect("starting the forkpool binary");
     let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let guard = KillOnDrop(Pid::from_raw(child.id() as i32));
 
