@@ -575,11 +575,34 @@ fn parse_exposition(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, Stri
 
 #[test]
 fn status_prometheus_counts_the_jobs_that_ran() {
-    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let cluster = Cluster::shared();
+    // One worker with one thread: every job goes through the same pool, whose counters
+    // can then be known exactly. Its own application_name, to find its session.
+    let application_name = "forkpool-prometheus-test";
+    let mut options = ServiceOptions::on(cluster)
+        .database_key("application_name", &format!("\"{application_name}\""));
+    options.workers = 1;
+    let service = Service::start(options);
+    let pool_of = |status: &Value| status["workers"][0]["pools"]["main"].clone();
     let jobs = 5;
     for a in 0..jobs {
         assert_eq!(service.submit("add", json!({"a": a}))["ok"], true);
     }
+    // Pool counters come with the worker's heartbeat, once a second.
+    service.wait_for_status("a heartbeat after the jobs", |status| {
+        pool_of(status)["checkouts"] == jobs && pool_of(status)["in_use"] == 0
+    });
+    // A connection closed for a reason: its session killed, found dead by the pre-use
+    // ping of the next job, replaced.
+    assert_eq!(cluster.terminate_backends(application_name), 1);
+    assert_eq!(service.submit("add", json!({"a": 0}))["ok"], true);
+    let jobs = jobs + 1;
+    let status = service.wait_for_status("a heartbeat after the replacement", |status| {
+        pool_of(status)["checkouts"] == jobs && pool_of(status)["in_use"] == 0
+    });
+    let pool = pool_of(&status);
+    assert_eq!(pool["closed_by_reason"], json!({"ping": 1}), "{status}");
+
     let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
         .args(["status", "--prometheus", "--socket"])
         .arg(&service.socket)
@@ -606,23 +629,60 @@ fn status_prometheus_counts_the_jobs_that_ran() {
     );
     assert_eq!(samples["forkpool_jobs_failed_total"], 0.0, "{text}");
     assert_eq!(samples["forkpool_queue_depth"], 0.0, "{text}");
-    assert_eq!(samples["forkpool_workers{state=\"idle\"}"], 2.0, "{text}");
-    let done: f64 = samples
+    assert_eq!(samples["forkpool_workers{state=\"idle\"}"], 1.0, "{text}");
+    assert_eq!(
+        samples["forkpool_worker_jobs_done_total{slot=\"1\"}"], jobs as f64,
+        "{text}"
+    );
+    let rss = samples["forkpool_worker_rss_bytes{slot=\"1\"}"];
+    assert!(rss > 0.0, "no RSS after a heartbeat:\n{text}");
+
+    // The pool, exactly: one connection at a time, two opened, the first closed by the
+    // failed ping; every job one checkout, none waited out.
+    let labels = "{slot=\"1\",database=\"main\"}";
+    let pool_series: BTreeMap<&str, f64> = samples
         .iter()
-        .filter(|(series, _)| series.starts_with("forkpool_worker_jobs_done_total{slot="))
-        .map(|(_, value)| value)
-        .sum();
-    assert_eq!(done, jobs as f64, "{text}");
-    for (series, _) in samples
+        .filter(|(series, _)| series.starts_with("forkpool_pool_"))
+        .map(|(series, value)| (series.as_str(), *value))
+        .collect();
+    for (family, expected) in [
+        ("forkpool_pool_connections", 1.0),
+        ("forkpool_pool_idle_connections", 1.0),
+        ("forkpool_pool_in_use_connections", 0.0),
+        ("forkpool_pool_waiting_checkouts", 0.0),
+        ("forkpool_pool_connections_created_total", 2.0),
+        ("forkpool_pool_ping_failures_total", 1.0),
+        ("forkpool_pool_checkout_timeouts_total", 0.0),
+        ("forkpool_pool_checkouts_total", jobs as f64),
+    ] {
+        assert_eq!(
+            pool_series.get(format!("{family}{labels}").as_str()),
+            Some(&expected),
+            "{family}:\n{text}"
+        );
+    }
+    let pings = pool_series[format!("forkpool_pool_pings_total{labels}").as_str()];
+    assert!(pings >= 1.0, "the failed ping was not counted:\n{text}");
+    let waited = pool_series[format!("forkpool_pool_checkout_wait_seconds_total{labels}").as_str()];
+    assert!(waited >= 0.0, "{text}");
+    let closed: Vec<(&str, f64)> = pool_series
         .iter()
-        .filter(|(s, _)| s.starts_with("forkpool_pool_"))
-    {
-        assert!(series.contains("database=\"main\""), "{series}");
-    }
-    for slot in 1..=2 {
-        let rss = samples[&format!("forkpool_worker_rss_bytes{{slot=\"{slot}\"}}")];
-        assert!(rss >= 0.0, "{text}");
-    }
+        .filter(|(series, _)| series.starts_with("forkpool_pool_connections_closed_total{"))
+        .map(|(series, value)| (*series, *value))
+        .collect();
+    assert_eq!(
+        closed,
+        [(
+            "forkpool_pool_connections_closed_total{slot=\"1\",database=\"main\",reason=\"ping\"}",
+            1.0
+        )],
+        "{text}"
+    );
+    assert_eq!(
+        pool_series.len(),
+        11,
+        "a pool series unaccounted for:\n{text}"
+    );
 
     let both = Command::new(env!("CARGO_BIN_EXE_forkpool"))
         .args(["status", "--prometheus", "--json", "--socket"])
