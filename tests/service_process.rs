@@ -400,60 +400,180 @@ fn submit_to_a_missing_socket_says_the_service_is_not_running() {
     assert_eq!(answer["error"]["kind"], "unknown_job", "answer: {answer}");
 }
 
+/// Holds its worker (one thread) until the service stops it: a job whose status stays put.
+const HOLD: &str = r#"
+timeout = "10m"
+sql = "SELECT 1 AS held FROM pg_sleep(600)"
+"#;
+
+/// The fields of a table line (split on runs of spaces).
+fn fields(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// The lines of the table section whose header starts with `slot` and contains `column`.
+fn section<'a>(table: &'a str, column: &str) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut lines = table
+        .lines()
+        .skip_while(|line| !(line.trim_start().starts_with("slot") && line.contains(column)));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no section with {column:?}:\n{table}"));
+    let rows = lines.take_while(|line| !line.trim().is_empty()).collect();
+    (fields(header), rows)
+}
+
 #[test]
 fn status_prints_a_table_and_json() {
-    let service = Service::start(ServiceOptions::on(Cluster::shared()));
-    let socket = socket_arg(&service);
-    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+    let mut service = Service::start(ServiceOptions::on(Cluster::shared()).job("hold", HOLD));
+    let socket = socket_arg(&service).to_string();
+    let finished = 3;
+    for a in 0..finished {
+        assert_eq!(service.submit("add", json!({"a": a}))["ok"], true);
+    }
+    // Both workers (one thread each) held by a job, one more job queued behind them: every
+    // number in the status stays put until the service stops.
+    let mut client = service.client();
+    client.send(json!({"id": "hold-1", "op": "run", "job": "hold"}));
+    client.send(json!({"id": "hold-2", "op": "run", "job": "hold"}));
+    client.send(json!({"id": "queued", "op": "run", "job": "add", "args": {"a": 1}}));
+    // RSS and pools come with a heartbeat: wait for one that saw the hold.
+    service.wait_for_status("both workers held, a heartbeat from each", |status| {
+        status["queue"]["depth"] == 1
+            && status["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| w["rss_bytes"].as_u64() > Some(0) && w["pools"]["main"]["in_use"] == 1)
+    });
 
-    let json_output = forkpool(&["status", "--socket", socket, "--json"]);
+    let json_output = forkpool(&["status", "--socket", &socket, "--json"]);
     assert_eq!(json_output.status.code(), Some(0));
     let status: Value = serde_json::from_str(&stdout(&json_output))
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(&json_output)));
+    assert_eq!(
+        status["totals"],
+        json!({"accepted": finished + 3, "succeeded": finished, "failed": 0, "worker_lost": 0}),
+        "status: {status:#}"
+    );
+    assert_eq!(status["running"], 2, "status: {status:#}");
+    assert_eq!(status["queue"]["depth"], 1, "status: {status:#}");
     let workers = status["workers"].as_array().expect("a workers array");
-    assert_eq!(workers.len(), 2, "status: {status}");
-    for worker in workers {
-        for key in [
-            "slot",
-            "pid",
-            "state",
-            "jobs_done",
-            "rss_bytes",
-            "current",
-            "restarts",
-        ] {
-            assert!(worker.get(key).is_some(), "worker lacks {key}: {worker}");
-        }
-    }
-    assert!(status["queue"]["depth"].is_u64(), "status: {status}");
-    assert!(status["totals"].is_object(), "status: {status}");
-    assert!(status["totals"]["accepted"].as_u64().unwrap() >= 1);
+    assert_eq!(workers.len(), 2, "status: {status:#}");
     let done: u64 = workers
         .iter()
         .map(|w| w["jobs_done"].as_u64().unwrap())
         .sum();
-    assert_eq!(done, 1, "status: {status}");
+    assert_eq!(done, finished, "status: {status:#}");
+    for worker in workers {
+        assert_eq!(worker["state"], "busy", "{worker:#}");
+        assert_eq!(worker["restarts"], 0, "{worker:#}");
+        assert_eq!(worker["current"].as_array().unwrap().len(), 1, "{worker:#}");
+        assert_eq!(worker["current"][0]["job"], "hold", "{worker:#}");
+        assert!(worker["started_at"].is_string(), "{worker:#}");
+        let pool = &worker["pools"]["main"];
+        for (key, value) in [
+            ("size", 1),
+            ("idle", 0),
+            ("in_use", 1),
+            ("waiting", 0),
+            ("created", 1),
+            ("ping_failures", 0),
+            ("checkout_timeouts", 0),
+        ] {
+            assert_eq!(pool[key], value, "{key}: {worker:#}");
+        }
+        assert_eq!(pool["closed_by_reason"], json!({}), "{worker:#}");
+        // Each job of the worker one checkout: the ones it finished and the hold.
+        assert_eq!(pool["checkouts"], worker["jobs_done"].as_u64().unwrap() + 1);
+    }
 
-    let table_output = forkpool(&["status", "--socket", socket]);
+    let table_output = forkpool(&["status", "--socket", &socket]);
     assert_eq!(table_output.status.code(), Some(0));
     let table = stdout(&table_output);
-    let mut lines = table.lines().skip_while(|line| !line.contains("slot"));
-    let header = lines
-        .next()
-        .unwrap_or_else(|| panic!("no header:\n{table}"));
-    assert!(header.contains("pid"), "table:\n{table}");
-    let rows: Vec<&str> = lines.take_while(|line| !line.trim().is_empty()).collect();
+    let expected_queue = format!(
+        "queue 1/{}  running 2  accepted {}  succeeded {finished}  failed 0  worker_lost 0  ",
+        status["queue"]["limit"],
+        finished + 3
+    );
+    assert!(
+        table.lines().any(|line| line.starts_with(&expected_queue)),
+        "no line starting {expected_queue:?}:\n{table}"
+    );
+
+    let (header, rows) = section(&table, "pid");
+    assert_eq!(
+        header,
+        [
+            "slot", "pid", "state", "jobs", "done", "rss", "MiB", "restarts", "started", "at",
+            "(UTC)", "current"
+        ],
+        "table:\n{table}"
+    );
     assert_eq!(rows.len(), 2, "one line per worker:\n{table}");
     for worker in workers {
-        let (slot, pid) = (worker["slot"].to_string(), worker["pid"].to_string());
+        let slot = worker["slot"].to_string();
+        let row = rows
+            .iter()
+            .map(|row| fields(row))
+            .find(|row| row[0] == slot)
+            .unwrap_or_else(|| panic!("no line for worker {slot}:\n{table}"));
+        // slot pid state jobs-done rss restarts date time job (N ms)
+        assert_eq!(row.len(), 11, "{row:?}\n{table}");
+        assert_eq!(row[1], worker["pid"].to_string(), "pid:\n{table}");
+        assert_eq!(row[2], "busy", "state:\n{table}");
+        assert_eq!(
+            row[3],
+            worker["jobs_done"].to_string(),
+            "jobs done:\n{table}"
+        );
+        let rss_mib: f64 = row[4]
+            .parse()
+            .unwrap_or_else(|e| panic!("rss {:?} ({e}):\n{table}", row[4]));
+        assert!(rss_mib > 0.0, "rss:\n{table}");
+        assert_eq!(row[5], "0", "restarts:\n{table}");
+        // 2026-11-21T10:11:12.345Z in the JSON, 2026-11-21 10:11:12 in the table.
+        let started = worker["started_at"].as_str().unwrap();
+        assert_eq!(
+            format!("{}T{}", row[6], row[7]),
+            started[..19],
+            "started at:\n{table}"
+        );
+        assert_eq!(row[8], "hold", "current job:\n{table}");
+        let for_ms = row[9]
+            .strip_prefix('(')
+            .and_then(|ms| ms.parse::<u64>().ok());
         assert!(
-            rows.iter().any(|row| {
-                let fields: Vec<&str> = row.split_whitespace().collect();
-                fields.first() == Some(&slot.as_str()) && fields.get(1) == Some(&pid.as_str())
-            }),
-            "no line for worker {slot} (pid {pid}):\n{table}"
+            for_ms.is_some(),
+            "current job's time {:?}:\n{table}",
+            row[9]
         );
     }
+
+    let (header, rows) = section(&table, "database");
+    assert_eq!(
+        header,
+        [
+            "slot", "database", "size", "idle", "in", "use", "waiting", "created", "ping", "fail",
+            "checkout", "timeouts", "closed", "by", "reason"
+        ],
+        "table:\n{table}"
+    );
+    let mut pool_rows: Vec<Vec<&str>> = rows.iter().map(|row| fields(row)).collect();
+    pool_rows.sort();
+    assert_eq!(
+        pool_rows,
+        [
+            ["1", "main", "1", "0", "1", "0", "1", "0", "0", "none"],
+            ["2", "main", "1", "0", "1", "0", "1", "0", "0", "none"],
+        ],
+        "one line per pool:\n{table}"
+    );
+
+    // A fast stop cancels the holds on the server, which the shared cluster would otherwise
+    // keep sleeping.
+    service.signal(Signal::SIGINT);
+    service.wait_exit();
 }
 
 #[test]
