@@ -6,7 +6,8 @@
 //!
 //! Cleanup happens on three paths:
 //! - `Drop` (also while a test panics) stops the server and removes the directory;
-//! - the shared cluster, a `static` that is never dropped, is shut down by `libc::atexit`;
+//! - a cluster still running at process exit — one kept in a `static`, which is never
+//!   dropped, like the shared cluster — is shut down by a `libc::atexit` handler;
 //! - a *guardian* shell process per cluster waits on a pipe whose only writer is the test
 //!   process: when that process dies without cleaning up (SIGKILL, a killed CI job, Ctrl-C),
 //!   the pipe closes and the guardian stops the server and removes the directory. The
@@ -22,7 +23,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -80,8 +81,14 @@ pub struct Cluster {
     log_file: PathBuf,
     certs: CertificateFiles,
     port: u16,
-    /// `None` while stopped. Mutexes because the shared cluster is reached from every test
-    /// thread and from the atexit handler.
+    /// Shared with the atexit handler, which shuts down what is still running at exit.
+    processes: Arc<Processes>,
+}
+
+/// What shutting a cluster down stops and removes.
+struct Processes {
+    /// `None` while stopped. Mutexes because a cluster in a static is reached from every
+    /// test thread, and every cluster from the atexit handler.
     postmaster: Mutex<Option<Postmaster>>,
     /// `None` once shut down.
     cleanup: Mutex<Option<Cleanup>>,
@@ -97,6 +104,9 @@ struct Cleanup {
 }
 
 static SHARED: OnceLock<Cluster> = OnceLock::new();
+
+/// Every cluster started by this process, for the atexit handler; a dropped one is gone.
+static STARTED: Mutex<Vec<Weak<Processes>>> = Mutex::new(Vec::new());
 
 impl Cluster {
     /// A private cluster with default options, for tests that stop, restart or break it.
@@ -127,10 +137,13 @@ impl Cluster {
             data_dir,
             root,
             port: 0,
-            postmaster: Mutex::new(None),
-            cleanup: Mutex::new(Some(Cleanup { guardian, temp_dir })),
-            owner: std::process::id(),
+            processes: Arc::new(Processes {
+                postmaster: Mutex::new(None),
+                cleanup: Mutex::new(Some(Cleanup { guardian, temp_dir })),
+                owner: std::process::id(),
+            }),
         };
+        shut_down_at_exit(&cluster.processes);
         // From here on a panic drops `cluster`, which cleans up.
         cluster.install.init_data_dir(&cluster.data_dir);
         configure_data_dir(&cluster.data_dir);
@@ -143,12 +156,7 @@ impl Cluster {
     /// tests that only connect and query; anything that stops or breaks the server must use
     /// a private [`Cluster::start`].
     pub fn shared() -> &'static Cluster {
-        SHARED.get_or_init(|| {
-            let cluster = Cluster::start();
-            // SAFETY: registers a plain function with no captured state.
-            unsafe { libc::atexit(shut_down_shared_cluster) };
-            cluster
-        })
+        SHARED.get_or_init(Cluster::start)
     }
 
     pub fn port(&self) -> u16 {
@@ -249,7 +257,7 @@ impl Cluster {
     /// Starts the server again after a stop, on the same port, and waits until it accepts
     /// connections.
     pub fn start_again(&self) {
-        let mut running = lock(&self.postmaster);
+        let mut running = lock(&self.processes.postmaster);
         assert!(
             running.is_none(),
             "start_again: the test cluster is already running"
@@ -270,7 +278,9 @@ impl Cluster {
 
     /// The postmaster's process id, `None` while stopped.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        lock(&self.postmaster).as_ref().map(Postmaster::pid)
+        lock(&self.processes.postmaster)
+            .as_ref()
+            .map(Postmaster::pid)
     }
 
     pub fn restart(&self) {
@@ -360,31 +370,6 @@ impl Cluster {
         })
     }
 
-    /// Stops the server immediately and removes its directory. Idempotent and never panics:
-    /// it runs from `Drop` during unwinding and from the atexit handler.
-    fn shut_down(&self) {
-        if std::process::id() != self.owner {
-            // The parent's server and directory: dropping the TempDir here would delete it.
-            std::mem::forget(lock(&self.cleanup).take());
-            return;
-        }
-        let Some(Cleanup {
-            mut guardian,
-            temp_dir,
-        }) = lock(&self.cleanup).take()
-        else {
-            return;
-        };
-        if let Some(postmaster) = lock(&self.postmaster).take() {
-            postmaster.stop(Shutdown::Immediate);
-        }
-        if let Some(mut pipe) = guardian.stdin.take() {
-            let _ = pipe.write_all(GUARDIAN_DISMISSED.as_bytes());
-        }
-        let _ = guardian.wait();
-        drop(temp_dir);
-    }
-
     /// Probes for a free port and starts there, again on another port if the server lost
     /// the race for it.
     fn start_on_free_port(mut self) -> Cluster {
@@ -393,7 +378,7 @@ impl Cluster {
             write_settings(&self.data_dir, self.port, &self.root, &self.certs);
             match Postmaster::start(&self.install, &self.data_dir, &self.log_file, PATIENCE) {
                 Ok(postmaster) => {
-                    *lock(&self.postmaster) = Some(postmaster);
+                    *lock(&self.processes.postmaster) = Some(postmaster);
                     return self;
                 }
                 Err(StartFailure::PortTaken) => continue,
@@ -411,7 +396,7 @@ impl Cluster {
     }
 
     fn take_postmaster(&self) -> Postmaster {
-        lock(&self.postmaster)
+        lock(&self.processes.postmaster)
             .take()
             .expect("the test cluster is not running")
     }
@@ -483,13 +468,55 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.shut_down();
+        self.processes.shut_down();
     }
 }
 
-extern "C" fn shut_down_shared_cluster() {
-    if let Some(cluster) = SHARED.get() {
-        cluster.shut_down();
+impl Processes {
+    /// Stops the server immediately and removes its directory. Idempotent and never panics:
+    /// it runs from `Drop` during unwinding and from the atexit handler.
+    fn shut_down(&self) {
+        if std::process::id() != self.owner {
+            // The parent's server and directory: dropping the TempDir here would delete it.
+            std::mem::forget(lock(&self.cleanup).take());
+            return;
+        }
+        let Some(Cleanup {
+            mut guardian,
+            temp_dir,
+        }) = lock(&self.cleanup).take()
+        else {
+            return;
+        };
+        if let Some(postmaster) = lock(&self.postmaster).take() {
+            postmaster.stop(Shutdown::Immediate);
+        }
+        if let Some(mut pipe) = guardian.stdin.take() {
+            let _ = pipe.write_all(GUARDIAN_DISMISSED.as_bytes());
+        }
+        let _ = guardian.wait();
+        drop(temp_dir);
+    }
+}
+
+/// Registers a cluster for [`shut_down_started_clusters`], installed on first use.
+fn shut_down_at_exit(processes: &Arc<Processes>) {
+    static INSTALL: Once = Once::new();
+    // SAFETY: registers a plain function with no captured state.
+    INSTALL.call_once(|| unsafe {
+        libc::atexit(shut_down_started_clusters);
+    });
+    let mut started = lock(&STARTED);
+    started.retain(|cluster| cluster.strong_count() > 0);
+    started.push(Arc::downgrade(processes));
+}
+
+/// At exit: what `Drop` does, for the clusters never dropped (the shared cluster, and any
+/// other kept in a static).
+extern "C" fn shut_down_started_clusters() {
+    let running: Vec<Arc<Processes>> = lock(&STARTED).iter().filter_map(Weak::upgrade).collect();
+    for processes in running {
+        processes.shut_down();
     }
 }
 
