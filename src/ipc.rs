@@ -24,8 +24,9 @@ pub enum ToWorker {
         args: Box<RawValue>,
         timeout_ms: u64,
     },
-    /// Stop: finish the jobs already received (`fast`: cancel them), close pools, exit.
-    Stop { fast: bool },
+    /// Stop: finish the jobs already received, close pools, exit. (A fast stop is SIGINT:
+    /// a worker busy with a long query would read no frame until it ends.)
+    Stop,
 }
 
 /// What a worker tells the master.
@@ -152,10 +153,10 @@ mod tests {
 
     #[test]
     fn blocking_read_sees_clean_eof() {
-        let mut bytes: &[u8] = &encode(&ToWorker::Stop { fast: false });
+        let mut bytes: &[u8] = &encode(&ToWorker::Stop);
         assert!(matches!(
             read_frame::<ToWorker>(&mut bytes).unwrap(),
-            Some(ToWorker::Stop { fast: false })
+            Some(ToWorker::Stop)
         ));
         assert!(read_frame::<ToWorker>(&mut bytes).unwrap().is_none());
     }

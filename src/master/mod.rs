@@ -1078,7 +1078,7 @@ impl Master {
         }
         for worker in self.workers.iter_mut().flatten() {
             if worker.lifecycle == Lifecycle::Retiring && worker.running.is_empty() {
-                worker.send(&ToWorker::Stop { fast: false });
+                worker.send(&ToWorker::Stop);
                 worker.lifecycle = Lifecycle::Stopping;
             }
         }
@@ -1188,9 +1188,14 @@ impl Master {
         if stopping.workers_told.is_none() && (self.jobs.is_empty() || deadline_passed) {
             stopping.workers_told = Some(now);
             for worker in self.workers.iter_mut().flatten() {
-                worker.send(&ToWorker::Stop {
-                    fast: deadline_passed,
-                });
+                if deadline_passed {
+                    // A signal, not a frame: an executor busy with a long query reads no
+                    // frame until it ends. The worker takes it with sigwait, outside any
+                    // query, and cancels its running queries.
+                    let _ = kill(worker.pid, Signal::SIGINT);
+                } else {
+                    worker.send(&ToWorker::Stop);
+                }
                 worker.lifecycle = Lifecycle::Stopping;
             }
         }

@@ -65,8 +65,8 @@ struct Job {
 enum Stop {
     /// Told to stop (frame or TERM): finish the jobs already received.
     Graceful,
-    /// Told to stop fast (frame, INT or QUIT): cancel running queries and exit now; the
-    /// master answers what is left.
+    /// Told to stop fast (INT or QUIT, from the master or anyone): cancel running queries and
+    /// exit now; the master answers what is left.
     Fast,
     /// The channel closed: the master is gone. Finish the current jobs, then exit.
     MasterGone,
@@ -243,13 +243,7 @@ fn next_job(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Job> {
                 received: Instant::now(),
             })
         }
-        Ok(Some(ToWorker::Stop { fast })) => {
-            if fast {
-                Stop::Fast
-            } else {
-                Stop::Graceful
-            }
-        }
+        Ok(Some(ToWorker::Stop)) => Stop::Graceful,
         Ok(None) => Stop::MasterGone,
         Err(e) => {
             error!("job channel: {e}");
