@@ -346,6 +346,14 @@ fn pool_size_zero_becomes_the_worker_thread_count() {
 }
 
 #[test]
+fn a_zero_checkout_timeout_is_refused_because_it_also_bounds_connecting() {
+    assert_has(
+        &problems("[databases.main]\ncheckout_timeout = \"0\"\n", &[]),
+        "databases.main.checkout_timeout = 0: it also bounds opening a connection",
+    );
+}
+
+#[test]
 fn a_missing_file_says_how_to_name_one() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.toml");
