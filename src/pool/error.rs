@@ -8,8 +8,11 @@ use std::time::Duration;
 pub struct DbError {
     /// The five-character SQLSTATE, e.g. `42P01`.
     pub sqlstate: String,
+    /// The primary message, as the server's `ERROR:` line has it.
     pub message: String,
+    /// The server's `DETAIL:`, when it sent one (e.g. the key a unique violation hit).
     pub detail: Option<String>,
+    /// The server's `HINT:`, when it sent one.
     pub hint: Option<String>,
 }
 
@@ -20,10 +23,19 @@ pub enum Error {
     /// The server rejected a statement.
     Db(DbError),
     /// The caller's deadline passed; the running query was cancelled.
-    Timeout { after: Duration },
+    Timeout {
+        /// How long the operation had run since the deadline was set
+        /// ([`PooledConnection::set_deadline`](crate::pool::PooledConnection::set_deadline)).
+        after: Duration,
+    },
     /// No connection could be checked out within `checkout_timeout`. `reason` is the last
     /// connect error (with its SQLSTATE or OS error) or "all N connections in use for 5s".
-    Unavailable { database: String, reason: String },
+    Unavailable {
+        /// The database name the pool connects to.
+        database: String,
+        /// Why no connection could be had.
+        reason: String,
+    },
     /// The connection broke during an operation (server restart, network cut, backend killed).
     Connection(String),
     /// Bad connection settings or TLS files.

@@ -675,6 +675,8 @@ impl PooledConnection {
         self.finish(result)
     }
 
+    /// Runs a prepared statement and returns all its rows, bounded by the deadline (see
+    /// [`PooledConnection::set_deadline`]). A broken connection is discarded at checkin.
     pub fn query(
         &mut self,
         statement: &Statement,
@@ -686,6 +688,8 @@ impl PooledConnection {
         self.finish(result)
     }
 
+    /// Runs a prepared statement that returns no rows; the count of rows it affected.
+    /// Bounded like [`PooledConnection::query`].
     pub fn execute(
         &mut self,
         statement: &Statement,
