@@ -301,12 +301,17 @@ impl Loader {
                 },
             );
             let checkout_timeout = format!("databases.{name}.checkout_timeout");
-            self.check(!db.checkout_timeout.is_zero(), &checkout_timeout, &[], || {
-                format!(
-                    "{checkout_timeout} = 0: it also bounds opening a connection, so no \
+            self.check(
+                !db.checkout_timeout.is_zero(),
+                &checkout_timeout,
+                &[],
+                || {
+                    format!(
+                        "{checkout_timeout} = 0: it also bounds opening a connection, so no \
                      connection could ever be opened (use a short one, such as \"500ms\")"
-                )
-            });
+                    )
+                },
+            );
         }
         self.databases = databases;
     }
