@@ -120,13 +120,14 @@ sql = "SELECT :a + 1 AS b"
 a = "int8"
 EOF
 
-# Prints "tps p50_us p99_us" of one pgbench run (percentiles from its per-transaction log).
+# Prints "tps p50_us p99_us" of one pgbench run with $3 clients (percentiles from its
+# per-transaction log).
 run_pgbench() {
-    local sslmode=$1 name=$2
-    shift 2
+    local sslmode=$1 name=$2 clients=$3
+    shift 3
     rm -f "$tmp/logs/$name".*
     PGSSLMODE=$sslmode pgbench -n -h 127.0.0.1 -p "$port" -U app -M prepared \
-        -c "$WORKERS" -j 2 -T "$DURATION" -f "$tmp/plus_one.sql" \
+        -c "$clients" -j "$((clients < 2 ? clients : 2))" -T "$DURATION" -f "$tmp/plus_one.sql" \
         -l --log-prefix="$tmp/logs/$name" "$@" app >"$tmp/logs/out-$name" 2>&1 ||
         { cat "$tmp/logs/out-$name" >&2; exit 1; }
     local tps
@@ -134,9 +135,8 @@ run_pgbench() {
     echo "$tps $(cat "$tmp/logs/$name".* | python3 "$here/percentiles.py" 3)"
 }
 
-# Starts `forkpool run` with $2 workers on sslmode $1, waits until all are idle and writes
-# the milliseconds that took to $tmp/ready_ms.
-start_service() {
+# Writes $tmp/forkpool.toml: $2 workers on sslmode $1.
+write_config() {
     local sslmode=$1 count=$2
     cat >"$tmp/forkpool.toml" <<EOF
 [service]
@@ -150,12 +150,17 @@ max = $((count > 16 ? count : 16))
 [databases.main]
 url = "host=127.0.0.1 port=$port user=app dbname=app sslmode=$sslmode"
 EOF
+}
+
+# Starts `forkpool run` with $2 workers on sslmode $1 and waits until all are idle.
+start_service() {
+    write_config "$1" "$2"
     local spawned_ns
     spawned_ns=$(date +%s%N)
     RUST_LOG=warn "$forkpool" run --config "$tmp/forkpool.toml" 2>>"$tmp/logs/service.log" &
     service_pid=$!
-    python3 "$here/wait_ready.py" "$tmp/forkpool.sock" "$count" "$service_pid" "$spawned_ns" \
-        >"$tmp/ready_ms"
+    python3 "$here/wait_ready.py" "$tmp/forkpool.sock" "$2" "$service_pid" "$spawned_ns" \
+        >/dev/null
 }
 
 stop_service() {
@@ -164,47 +169,68 @@ stop_service() {
     service_pid=""
 }
 
-# Prints "jobs_per_second p50_us p99_us failed" of one bench run.
+# Prints "jobs_per_second p50_us p99_us failed" of one bench run: $1 clients, pipeline $2.
 run_bench() {
-    local pipeline=$1
+    local clients=$1 pipeline=$2
     "$forkpool" bench --socket "$tmp/forkpool.sock" --job plus_one --args '{"a": 500}' \
-        --clients "$WORKERS" --pipeline "$pipeline" --duration "$DURATION" --json |
+        --clients "$clients" --pipeline "$pipeline" --duration "$DURATION" --json |
         python3 -c 'import json, sys; r = json.load(sys.stdin); l = r["latency_us"]
 print(r["jobs_per_second"], l["p50"], l["p99"], r["failed"])'
+}
+
+# Prints "jobs_done rss_kib pss_kib" per worker, one line each: jobs and pids from
+# `forkpool status --json`, memory from /proc. RSS counts every page the worker touched,
+# the binary's and shared libraries' included; PSS divides each shared page among the
+# processes sharing it, so the sum over processes is what they cost together.
+worker_memory() {
+    "$forkpool" status --socket "$tmp/forkpool.sock" --json | python3 -c 'import json, sys
+def kib(pid, field):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+for w in json.load(sys.stdin)["workers"]:
+    print(w["jobs_done"], kib(w["pid"], "Rss"), kib(w["pid"], "Pss"))'
 }
 
 results="$tmp/results"
 : >"$results"
 for sslmode in require disable; do
-    echo "== sslmode=$sslmode: pgbench" >&2
-    echo "pgbench $sslmode $(run_pgbench "$sslmode" "pgbench-$sslmode")" >>"$results"
+    echo "== sslmode=$sslmode: pgbench, $WORKERS clients and 1" >&2
+    echo "pgbench $sslmode $(run_pgbench "$sslmode" "pgbench-$sslmode" "$WORKERS")" >>"$results"
+    echo "pgbench-serial $sslmode $(run_pgbench "$sslmode" "serial-$sslmode" 1)" >>"$results"
     echo "== sslmode=$sslmode: pgbench -C (connect per job)" >&2
-    echo "connect-per-job $sslmode $(run_pgbench "$sslmode" "connect-$sslmode" -C)" >>"$results"
-    echo "== sslmode=$sslmode: forkpool bench, pipeline 1 and $PIPELINE" >&2
+    echo "connect-per-job $sslmode $(run_pgbench "$sslmode" "connect-$sslmode" "$WORKERS" -C)" >>"$results"
+    echo "== sslmode=$sslmode: forkpool bench, pipeline 1 and $PIPELINE, and 1 client" >&2
     start_service "$sslmode" "$WORKERS"
-    echo "forkpool-p1 $sslmode $(run_bench 1)" >>"$results"
-    echo "forkpool-p$PIPELINE $sslmode $(run_bench "$PIPELINE")" >>"$results"
+    echo "forkpool-p1 $sslmode $(run_bench "$WORKERS" 1)" >>"$results"
+    [ "$sslmode" = require ] && worker_memory >"$tmp/memory-first"
+    echo "forkpool-p$PIPELINE $sslmode $(run_bench "$WORKERS" "$PIPELINE")" >>"$results"
+    echo "forkpool-serial $sslmode $(run_bench 1 1)" >>"$results"
     if [ "$sslmode" = require ]; then
-        "$forkpool" status --socket "$tmp/forkpool.sock" --json >"$tmp/status.json"
+        worker_memory >"$tmp/memory-last"
         master_rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$service_pid/status")
+        echo "== 1000 idle clients" >&2
+        idle_clients_rss_kib=$(python3 "$here/idle_clients.py" "$tmp/forkpool.sock" 1000 "$service_pid")
     fi
     stop_service
 done
 
-echo "== start-up: $BOOT_WORKERS workers" >&2
-start_service require "$BOOT_WORKERS"
-boot_ms=$(cat "$tmp/ready_ms")
-stop_service
+echo "== start-up: $BOOT_WORKERS workers, until READY=1" >&2
+write_config require "$BOOT_WORKERS"
+boot_ms=$(python3 "$here/boot_time.py" "$forkpool" "$tmp/forkpool.toml")
 
 echo
 echo "forkpool $(git -C "$repo" rev-parse --short HEAD), $(nproc) cores, ${DURATION}s per run," \
     "$WORKERS workers = pgbench clients (-j 2), SELECT :a + 1, -M prepared"
 python3 "$here/table.py" "$results" "$PIPELINE"
-python3 - "$tmp/status.json" "$master_rss_kib" <<'EOF'
-import json, sys
-status = json.load(open(sys.argv[1]))
-rss = sorted(w["rss_bytes"] / 1048576 for w in status["workers"])
-print(f"\nRSS after the TLS runs: master {int(sys.argv[2]) / 1024:.1f} MiB (/proc), "
-      f"workers {', '.join(f'{r:.1f}' for r in rss)} MiB (status rss_bytes)")
+python3 - "$tmp/memory-first" "$tmp/memory-last" <<'EOF'
+import sys
+first, last = ([tuple(map(int, line.split())) for line in open(path)] for path in sys.argv[1:])
+mib = lambda kib: f"{kib / 1024:.1f}"
+print("\nper worker, after the first TLS run → after all of them: jobs done, RSS MiB, PSS MiB")
+for a, b in zip(first, last):
+    print(f"  {a[0]} → {b[0]} jobs, RSS {mib(a[1])} → {mib(b[1])}, PSS {mib(a[2])} → {mib(b[2])}")
 EOF
-echo "start-up: forkpool run to $BOOT_WORKERS idle workers: $boot_ms ms"
+echo "master RSS: $((master_rss_kib / 1024)) MiB after the TLS runs," \
+    "$((idle_clients_rss_kib / 1024)) MiB with 1000 idle clients connected (KiB: $master_rss_kib, $idle_clients_rss_kib)"
+echo "start-up: forkpool run to READY=1 with $BOOT_WORKERS workers: $boot_ms ms"
