@@ -118,17 +118,20 @@ fn a_handler_error_rolls_back_what_it_wrote() {
     let answer = service.submit("fails_after_insert", json!({"note": "error"}));
     assert_eq!(answer["error"]["kind"], "job_failed", "{answer}");
     assert_eq!(answer["error"]["message"], "the external service said no");
+    assert_the_helper_rolled_back(&service, cluster, backend, "error");
+}
+
+/// The job after a failed one runs on the same session (`backend`) and commits whatever is
+/// open there: its own note is written, and the failed job's `note` is not.
+fn assert_the_helper_rolled_back(service: &Service, cluster: &Cluster, backend: i64, note: &str) {
+    let witness = format!("after {note}");
     assert_eq!(
-        commit_a_witness(&service, "after error"),
+        commit_a_witness(service, &witness),
         backend,
         "the next job ran on the same connection"
     );
-    assert_eq!(notes(cluster, "after error"), 1);
-    assert_eq!(
-        notes(cluster, "error"),
-        0,
-        "the helper rolled the insert back"
-    );
+    assert_eq!(notes(cluster, &witness), 1);
+    assert_eq!(notes(cluster, note), 0, "the helper rolled the insert back");
 }
 
 #[test]
@@ -144,17 +147,7 @@ fn a_panicking_handler_answers_internal_writes_nothing_and_the_worker_serves_on(
         .as_str()
         .unwrap()
         .contains("a bug in the handler"));
-    assert_eq!(
-        commit_a_witness(&service, "after panic"),
-        backend,
-        "the next job ran on the same connection"
-    );
-    assert_eq!(notes(cluster, "after panic"), 1);
-    assert_eq!(
-        notes(cluster, "panic"),
-        0,
-        "the helper rolled the insert back"
-    );
+    assert_the_helper_rolled_back(&service, cluster, backend, "panic");
     let answer = service.submit("add", json!({"a": 1}));
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(
