@@ -68,6 +68,31 @@ fn a_worker_killed_mid_job_is_answered_worker_lost_and_replaced() {
     assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
 }
 
+/// A TERM sent to a worker itself (an operator's `kill`, not the master) is a graceful stop:
+/// a busy worker finishes its job; an idle one, whose executor is blocked reading the job
+/// channel, is woken by the shut read side. Both exit 0 and are replaced.
+#[test]
+fn workers_sent_sigterm_directly_finish_their_job_exit_cleanly_and_are_replaced() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let mut client = service.client();
+    client.send(json!({"id": "held", "op": "run", "job": "sleep", "args": {"seconds": 1}}));
+    let busy = busy_worker_pid(&service) as i32;
+    let idle = service
+        .worker_pids()
+        .into_iter()
+        .find(|&pid| pid != busy)
+        .expect("two workers");
+    kill(Pid::from_raw(busy), Signal::SIGTERM).unwrap();
+    kill(Pid::from_raw(idle), Signal::SIGTERM).unwrap();
+    let answer = client.recv().unwrap();
+    assert_eq!(answer["ok"], true, "the running job finishes: {answer}");
+    service.wait_for_log("exited with code 0", 2);
+    service.wait_for_log(") ready", 4);
+    let pids = service.worker_pids();
+    assert!(!pids.contains(&busy) && !pids.contains(&idle), "{pids:?}");
+    assert_eq!(service.submit("add", json!({"a": 1}))["ok"], true);
+}
+
 #[test]
 fn a_job_marked_retry_on_worker_lost_runs_again_on_another_worker() {
     let retrying = "retry_on_worker_lost = true\nsql = \"SELECT :s AS s FROM pg_sleep(:s)\"\n\
