@@ -55,8 +55,12 @@ pub(crate) mod master;
 #[allow(missing_docs)]
 pub mod pool;
 mod probe;
+// Durable jobs' statements: public only for the integration tests, like `pool`.
 #[doc(hidden)]
 pub mod protocol;
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod queue;
 mod service;
 mod status_prometheus;
 mod status_table;

@@ -417,7 +417,7 @@ impl Cluster {
         }
     }
 
-    fn superuser_in(&self, database: &str) -> postgres::Client {
+    pub fn superuser_in(&self, database: &str) -> postgres::Client {
         postgres::Config::new()
             .host_path(&self.root)
             .port(self.port)

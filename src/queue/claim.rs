@@ -1,0 +1,208 @@
+//! A worker's side of a durable job: claim it, then settle it exactly one way — completed,
+//! failed (retried, discarded or cancelled), or put back by a graceful stop.
+//!
+//! Every settling statement is fenced by the claim it answers (`id` and `claim_count`, the
+//! [`Claim`]): when the job was rescued meanwhile (the worker was thought dead, the host's
+//! lease lapsed) the statement matches no row and changes nothing. For an exactly-once job
+//! the completion runs inside the job's own transaction, so a lost fence rolls back the job's
+//! effects with it (the caller sees `Ok(false)` and rolls back).
+
+use std::time::Duration;
+
+use crate::pool::{self, PooledConnection};
+
+/// Who claims: the host's stable identity, this service instance, and the worker (a number
+/// the master gives each worker it forks, never reused within an instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub host: String,
+    pub instance: i64,
+    pub worker: i64,
+}
+
+/// A claimed job, as the claim statement returned it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub claim: Claim,
+    pub job: String,
+    /// The `args` object as JSON text, handed to the job like a socket request's.
+    pub args: String,
+    pub queue: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+}
+
+/// The fence of one claim: a settling statement matches only this claim of this job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub id: i64,
+    pub claim_count: i32,
+}
+
+/// One failed attempt, recorded in the job's `errors`.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// An error kind of the protocol (`db_error`, `timeout`, `worker_lost`, ...).
+    pub kind: &'a str,
+    pub message: &'a str,
+    pub sqlstate: Option<&'a str>,
+}
+
+/// What became of a failed job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// It runs again after the backoff.
+    Retry,
+    /// Failed for good (attempts spent, or an error not worth retrying).
+    Discarded,
+    /// `cancel` asked for it while it ran.
+    Cancelled,
+    /// The claim was no longer ours (rescued meanwhile): nothing changed.
+    Lost,
+}
+
+/// The claim: one statement that picks, locks (`SKIP LOCKED`: claimers never wait for each
+/// other) and marks the jobs running with their attempt counted — never select-then-update,
+/// which would let two workers take one job. Only `jobs` (this catalog's names) are picked,
+/// so hosts with different catalogs share one table; queues in `excluded` are at their cap.
+const CLAIM: &str = "\
+WITH picked AS (
+    SELECT id FROM forkpool.jobs
+     WHERE state = 'available' AND run_at <= now()
+       AND job = ANY($1::text[]) AND NOT (queue = ANY($2::text[]))
+     ORDER BY priority, run_at, id
+     LIMIT $3
+     FOR UPDATE SKIP LOCKED)
+UPDATE forkpool.jobs j
+   SET state = 'running', attempt = j.attempt + 1, claim_count = j.claim_count + 1,
+       attempted_at = now(), host = $4, instance = $5, worker = $6,
+       backend_pid = pg_backend_pid(), lease_until = now() + make_interval(secs => $7),
+       cancel_requested = false
+  FROM picked
+ WHERE j.id = picked.id
+RETURNING j.id, j.claim_count, j.job, j.args::text, j.queue, j.attempt, j.max_attempts";
+
+/// Claims up to `limit` runnable jobs for `holder` (an autocommit statement: the claim is
+/// visible, and rescuable, before the job starts).
+pub fn claim(
+    conn: &mut PooledConnection,
+    jobs: &[String],
+    excluded_queues: &[String],
+    limit: i64,
+    holder: &Holder,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, pool::Error> {
+    let rows = conn.query_sql(
+        CLAIM,
+        &[
+            &jobs,
+            &excluded_queues,
+            &limit,
+            &holder.host,
+            &holder.instance,
+            &holder.worker,
+            &lease.as_secs_f64(),
+        ],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| ClaimedJob {
+            claim: Claim {
+                id: row.get(0),
+                claim_count: row.get(1),
+            },
+            job: row.get(2),
+            args: row.get(3),
+            queue: row.get(4),
+            attempt: row.get(5),
+            max_attempts: row.get(6),
+        })
+        .collect())
+}
+
+/// Marks the job completed with its `run` result (JSON text). Inside the job's transaction
+/// for exactly-once jobs; `Ok(false)` when the fence failed — the caller must then roll back.
+/// With `honor_cancel` a cancel requested meanwhile also fails the fence, so a cancelled
+/// exactly-once job leaves no effect; an at-least-once job whose work is done completes.
+pub fn complete(
+    conn: &mut PooledConnection,
+    claim: Claim,
+    result: &str,
+    honor_cancel: bool,
+) -> Result<bool, pool::Error> {
+    let updated = conn.query_sql(
+        "UPDATE forkpool.jobs \
+            SET state = 'completed', finished_at = now(), result = $3::text::jsonb, \
+                lease_until = NULL, backend_pid = NULL \
+          WHERE id = $1 AND claim_count = $2 AND state = 'running' \
+            AND NOT (cancel_requested AND $4) \
+         RETURNING id",
+        &[&claim.id, &claim.claim_count, &result, &honor_cancel],
+    )?;
+    Ok(!updated.is_empty())
+}
+
+/// The jsonb object a failure appends to `errors` (SQL over the row's own `attempt`).
+pub(crate) const ERROR_OBJECT: &str = "jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(\
+    'attempt', attempt, 'at', now(), 'kind', $3::text, 'message', $4::text, 'sqlstate', $5::text)))";
+
+/// Records a failed attempt. `retry_after` is the backoff when the error is worth retrying
+/// (`None`: discard now, as for `invalid_args`); a job out of attempts is discarded, one whose
+/// cancel was requested is cancelled.
+pub fn fail(
+    conn: &mut PooledConnection,
+    claim: Claim,
+    failure: Failure<'_>,
+    retry_after: Option<Duration>,
+) -> Result<Settled, pool::Error> {
+    let retry = retry_after.is_some();
+    let delay = retry_after.unwrap_or_default().as_secs_f64();
+    let sql = format!(
+        "UPDATE forkpool.jobs SET \
+            state = CASE WHEN cancel_requested THEN 'cancelled' \
+                         WHEN $6 AND attempt < max_attempts THEN 'available' \
+                         ELSE 'discarded' END, \
+            run_at = CASE WHEN NOT cancel_requested AND $6 AND attempt < max_attempts \
+                          THEN now() + make_interval(secs => $7) ELSE run_at END, \
+            finished_at = CASE WHEN NOT cancel_requested AND $6 AND attempt < max_attempts \
+                               THEN NULL ELSE now() END, \
+            errors = errors || {ERROR_OBJECT}, \
+            host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, lease_until = NULL \
+          WHERE id = $1 AND claim_count = $2 AND state = 'running' \
+         RETURNING state"
+    );
+    let rows = conn.query_sql(
+        &sql,
+        &[
+            &claim.id,
+            &claim.claim_count,
+            &failure.kind,
+            &failure.message,
+            &failure.sqlstate,
+            &retry,
+            &delay,
+        ],
+    )?;
+    Ok(match rows.first().map(|row| row.get::<_, String>(0)) {
+        None => Settled::Lost,
+        Some(state) if state == "available" => Settled::Retry,
+        Some(state) if state == "cancelled" => Settled::Cancelled,
+        Some(_) => Settled::Discarded,
+    })
+}
+
+/// Puts a job back without spending its attempt: a graceful stop interrupted it, which says
+/// nothing about the job. `Ok(false)` when the claim was no longer ours.
+pub fn release(conn: &mut PooledConnection, claim: Claim) -> Result<bool, pool::Error> {
+    let rows = conn.query_sql(
+        "UPDATE forkpool.jobs SET \
+            state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END, \
+            finished_at = CASE WHEN cancel_requested THEN now() END, \
+            attempt = attempt - 1, run_at = now(), \
+            host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, lease_until = NULL \
+          WHERE id = $1 AND claim_count = $2 AND state = 'running' \
+         RETURNING id",
+        &[&claim.id, &claim.claim_count],
+    )?;
+    Ok(!rows.is_empty())
+}

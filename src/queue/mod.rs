@@ -1,0 +1,13 @@
+//! Durable jobs in PostgreSQL: the `forkpool` schema and every statement that reads or
+//! writes it. Worker-side only: the master never imports this module (it opens no database
+//! connection); it sends workers and the queue keeper frames, and they run these.
+//!
+//! - [`schema`]: versions and the migration (`forkpool migrate`, `queue.migrate = "auto"`);
+//! - [`claim`]: a worker claims a job and settles it once, fenced by its claim;
+//! - [`keeping`]: the keeper's statements (enqueue batches, result, cancel, rescue, counts);
+//! - [`backoff`]: when a failed job runs again.
+
+pub mod backoff;
+pub mod claim;
+pub mod keeping;
+pub mod schema;

@@ -1,0 +1,513 @@
+//! The durable-jobs statements against a real server: the migration, transactional enqueue,
+//! the claim's order and `SKIP LOCKED`, the fence that makes completion exactly-once,
+//! retries and discards, cancel, rescue and the NOTIFY that wakes other hosts.
+//!
+//! Each test works in a database of its own on the shared cluster, so tables never mix.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use forkpool::pool::{ConnInfo, Pool, PoolSettings, PooledConnection};
+use forkpool::queue::claim::{self, Failure, Holder, Settled};
+use forkpool::queue::keeping::{self, Cancelled, JobDefaults, NewJob, Rescue};
+use forkpool::queue::schema::{self, SchemaError, SCHEMA_VERSION};
+use postgres::fallible_iterator::FallibleIterator;
+use support::{Cluster, APP_DATABASE};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A fresh database owned by the app role, and a TLS pool on it.
+fn fresh_database() -> (String, Pool) {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    let cluster = Cluster::shared();
+    let name = format!("queue_{}", NEXT.fetch_add(1, Ordering::SeqCst));
+    cluster.execute(&format!("CREATE DATABASE {name} OWNER app"));
+    let url = cluster
+        .tcp_url("require")
+        .replace(&format!("dbname={APP_DATABASE}"), &format!("dbname={name}"));
+    let pool = Pool::new(
+        &name,
+        ConnInfo::parse(&url).unwrap(),
+        PoolSettings::new().pool_size(4),
+    )
+    .unwrap();
+    (name, pool)
+}
+
+fn migrated() -> (String, Pool) {
+    let (name, pool) = fresh_database();
+    schema::migrate_schema(&mut pool.checkout("migrate").unwrap()).unwrap();
+    (name, pool)
+}
+
+fn holder(worker: i64) -> Holder {
+    Holder {
+        host: "host-a".into(),
+        instance: 7,
+        worker,
+    }
+}
+
+fn new_job(job: &str, args: serde_json::Value) -> NewJob {
+    NewJob {
+        job: job.into(),
+        args,
+        queue: None,
+        priority: None,
+        run_at: None,
+        delay_ms: None,
+        max_attempts: None,
+        unique_key: None,
+    }
+}
+
+fn names(jobs: &[&str]) -> Vec<String> {
+    jobs.iter().map(|j| j.to_string()).collect()
+}
+
+fn value(conn: &mut PooledConnection, sql: &str) -> String {
+    conn.query_sql(&format!("SELECT ({sql})::text"), &[])
+        .unwrap()[0]
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
+}
+
+#[test]
+fn migrate_creates_the_schema_once_and_refuses_a_newer_one_naming_both_versions() {
+    let (_, pool) = fresh_database();
+    let mut conn = pool.checkout("t").unwrap();
+    match schema::ensure(&mut conn, false) {
+        Err(SchemaError::NeedsMigration { found: 0 }) => {}
+        other => panic!("a missing schema with migrate = manual: {other:?}"),
+    }
+    assert_eq!(schema::ensure(&mut conn, true).unwrap(), 0);
+    assert_eq!(schema::migrate_schema(&mut conn).unwrap(), SCHEMA_VERSION);
+    assert_eq!(schema::current_version(&mut conn).unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        value(&mut conn, "SELECT count(*) FROM forkpool.schema_version"),
+        "1"
+    );
+
+    conn.batch_execute("INSERT INTO forkpool.schema_version (version) VALUES (99)")
+        .unwrap();
+    let error = schema::ensure(&mut conn, true).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("version 99") && message.contains(&format!("version {SCHEMA_VERSION}")),
+        "{message}"
+    );
+}
+
+#[test]
+fn two_hosts_migrating_at_once_apply_each_version_once() {
+    let (_, pool) = fresh_database();
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| schema::migrate_schema(&mut pool.checkout("m").unwrap())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut found: Vec<i32> = results.into_iter().map(|r| r.unwrap()).collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![0, SCHEMA_VERSION],
+        "one created it, the other found it done"
+    );
+    let mut conn = pool.checkout("t").unwrap();
+    assert_eq!(
+        value(&mut conn, "SELECT count(*) FROM forkpool.schema_version"),
+        "1"
+    );
+}
+
+#[test]
+fn an_sql_enqueue_exists_only_if_its_transaction_commits_and_takes_the_job_files_defaults() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    keeping::publish_defaults(
+        &mut conn,
+        &[JobDefaults {
+            job: "mail".into(),
+            queue: "emails".into(),
+            priority: 5,
+            max_attempts: 3,
+        }],
+    )
+    .unwrap();
+    conn.batch_execute("BEGIN; SELECT forkpool.enqueue('mail', '{\"to\": 1}'); ROLLBACK")
+        .unwrap();
+    assert_eq!(value(&mut conn, "SELECT count(*) FROM forkpool.jobs"), "0");
+    conn.batch_execute("BEGIN; SELECT forkpool.enqueue('mail', '{\"to\": 2}'); COMMIT")
+        .unwrap();
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT format('%s %s %s %s %s', job, queue, priority, max_attempts, state) \
+               FROM forkpool.jobs"
+        ),
+        "mail emails 5 3 available"
+    );
+    // Explicit arguments win over the defaults.
+    conn.batch_execute("SELECT forkpool.enqueue('mail', '{}', queue => 'urgent', priority => -1)")
+        .unwrap();
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT string_agg(queue || priority, ',' ORDER BY id) FROM forkpool.jobs"
+        ),
+        "emails5,urgent-1"
+    );
+}
+
+#[test]
+fn one_enqueue_transaction_sends_one_notify_per_queue_not_one_per_row() {
+    let (name, pool) = migrated();
+    let mut listener = Cluster::shared().superuser_in(&name);
+    listener.batch_execute("LISTEN forkpool_jobs").unwrap();
+    let mut conn = pool.checkout("t").unwrap();
+    conn.batch_execute(
+        "BEGIN; \
+         SELECT forkpool.enqueue('a'); SELECT forkpool.enqueue('a'); SELECT forkpool.enqueue('a'); \
+         SELECT forkpool.enqueue('b', queue => 'other'); \
+         COMMIT",
+    )
+    .unwrap();
+    keeping::enqueue_batch(&mut conn, &vec![new_job("a", serde_json::json!({})); 3]).unwrap();
+    let mut payloads = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut waiting = notifications.timeout_iter(Duration::from_millis(500));
+    while let Some(n) = waiting.next().unwrap() {
+        payloads.push(n.payload().to_string());
+    }
+    payloads.sort();
+    assert_eq!(payloads, vec!["default", "default", "other"]);
+}
+
+#[test]
+fn claims_take_priority_then_run_at_then_id_and_only_jobs_this_catalog_knows() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    conn.batch_execute(
+        "SELECT forkpool.enqueue('known', '{\"n\": 1}', priority => 2); \
+         SELECT forkpool.enqueue('known', '{\"n\": 2}', priority => 1, run_at => now() - interval '1 s'); \
+         SELECT forkpool.enqueue('known', '{\"n\": 3}', priority => 1, run_at => now() - interval '2 s'); \
+         SELECT forkpool.enqueue('known', '{\"n\": 4}', priority => 1, run_at => now() - interval '2 s'); \
+         SELECT forkpool.enqueue('unknown', '{\"n\": 5}', priority => 0); \
+         SELECT forkpool.enqueue('known', '{\"n\": 6}', run_at => now() + interval '1 hour');",
+    )
+    .unwrap();
+    let mut order = Vec::new();
+    while let Some(job) = claim::claim(&mut conn, &names(&["known"]), &[], 1, &holder(1), LEASE)
+        .unwrap()
+        .pop()
+    {
+        assert_eq!((job.attempt, job.claim.claim_count), (1, 1));
+        let args: serde_json::Value = serde_json::from_str(&job.args).unwrap();
+        order.push(args["n"].as_i64().unwrap());
+    }
+    assert_eq!(
+        order,
+        vec![3, 4, 2, 1],
+        "scheduled (6) and unknown (5) jobs are not taken"
+    );
+}
+
+#[test]
+fn concurrent_claimers_never_take_the_same_job() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    keeping::enqueue_batch(&mut conn, &vec![new_job("c", serde_json::json!({})); 200]).unwrap();
+    drop(conn);
+    let taken: Vec<Vec<i64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..=4)
+            .map(|worker| {
+                let pool = &pool;
+                scope.spawn(move || {
+                    let mut conn = pool.checkout("claimer").unwrap();
+                    let mut ids = Vec::new();
+                    loop {
+                        let jobs =
+                            claim::claim(&mut conn, &names(&["c"]), &[], 3, &holder(worker), LEASE)
+                                .unwrap();
+                        if jobs.is_empty() {
+                            return ids;
+                        }
+                        ids.extend(jobs.iter().map(|j| j.claim.id));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut all: Vec<i64> = taken.concat();
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (200, 200), "every job claimed once");
+}
+
+#[test]
+fn a_completion_whose_claim_was_rescued_changes_nothing_and_its_transaction_rolls_back() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    conn.batch_execute("CREATE TABLE effects (job_id bigint)")
+        .unwrap();
+    keeping::enqueue_batch(&mut conn, &[new_job("e", serde_json::json!({}))]).unwrap();
+    let first = claim::claim(&mut conn, &names(&["e"]), &[], 1, &holder(1), LEASE).unwrap();
+    let first = first[0].claim;
+
+    // The worker is thought dead: rescued, then claimed again by another worker.
+    let mut other = pool.checkout("other").unwrap();
+    let rescued = keeping::rescue(
+        &mut other,
+        Rescue::Worker {
+            host: "host-a",
+            instance: 7,
+            worker: 1,
+        },
+        "worker 1 killed by SIGKILL",
+    )
+    .unwrap();
+    assert_eq!(rescued, 1);
+    let second = claim::claim(&mut other, &names(&["e"]), &[], 1, &holder(2), LEASE).unwrap();
+    assert_eq!((second[0].attempt, second[0].claim.claim_count), (2, 2));
+
+    // The first holder's exactly-once transaction: its effect, then the fenced completion.
+    conn.batch_execute("BEGIN").unwrap();
+    conn.query_sql("INSERT INTO effects VALUES ($1)", &[&first.id])
+        .unwrap();
+    assert!(!claim::complete(&mut conn, first, "{}", true).unwrap());
+    conn.batch_execute("ROLLBACK").unwrap();
+
+    // The second holder completes, with its effect.
+    other.batch_execute("BEGIN").unwrap();
+    other
+        .query_sql("INSERT INTO effects VALUES ($1)", &[&second[0].claim.id])
+        .unwrap();
+    assert!(claim::complete(&mut other, second[0].claim, "{\"rows\": []}", true).unwrap());
+    other.batch_execute("COMMIT").unwrap();
+    assert_eq!(value(&mut conn, "SELECT count(*) FROM effects"), "1");
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT state || ' ' || (errors->0->>'kind') FROM forkpool.jobs"
+        ),
+        "completed worker_lost"
+    );
+}
+
+#[test]
+fn failures_retry_with_backoff_then_discard_with_every_error_recorded() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    let mut job = new_job("f", serde_json::json!({}));
+    job.max_attempts = Some(2);
+    keeping::enqueue_batch(&mut conn, &[job]).unwrap();
+    let failure = Failure {
+        kind: "db_error",
+        message: "division by zero",
+        sqlstate: Some("22012"),
+    };
+    let first = claim::claim(&mut conn, &names(&["f"]), &[], 1, &holder(1), LEASE).unwrap();
+    let settled = claim::fail(
+        &mut conn,
+        first[0].claim,
+        failure,
+        Some(Duration::from_secs(60)),
+    );
+    assert_eq!(settled.unwrap(), Settled::Retry);
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT round(extract(epoch FROM run_at - now())) FROM forkpool.jobs"
+        ),
+        "60"
+    );
+    conn.batch_execute("UPDATE forkpool.jobs SET run_at = now()")
+        .unwrap();
+    let second = claim::claim(&mut conn, &names(&["f"]), &[], 1, &holder(1), LEASE).unwrap();
+    let settled = claim::fail(
+        &mut conn,
+        second[0].claim,
+        failure,
+        Some(Duration::from_secs(1)),
+    );
+    assert_eq!(settled.unwrap(), Settled::Discarded, "two attempts of two");
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT state || ' ' || (finished_at IS NOT NULL) || ' ' || \
+                    (SELECT string_agg((e->>'attempt') || (e->>'kind') || (e->>'sqlstate'), ',') \
+                       FROM jsonb_array_elements(errors) e) FROM forkpool.jobs"
+        ),
+        "discarded true 1db_error22012,2db_error22012"
+    );
+    // A settled claim is no longer ours: settling it twice changes nothing.
+    assert_eq!(
+        claim::fail(&mut conn, second[0].claim, failure, None).unwrap(),
+        Settled::Lost
+    );
+}
+
+#[test]
+fn a_unique_key_returns_the_waiting_job_and_is_free_again_once_it_finished() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    let mut job = new_job("u", serde_json::json!({}));
+    job.unique_key = Some("nightly".into());
+    let first = keeping::enqueue_batch(&mut conn, &[job.clone(), job.clone()]).unwrap();
+    assert!(!first[0].duplicate && first[1].duplicate);
+    assert_eq!(first[0].job_id, first[1].job_id);
+    let sql_id = value(
+        &mut conn,
+        "SELECT forkpool.enqueue('u', unique_key => 'nightly')",
+    );
+    assert_eq!(sql_id, first[0].job_id.to_string());
+
+    let claimed = claim::claim(&mut conn, &names(&["u"]), &[], 1, &holder(1), LEASE).unwrap();
+    assert!(claim::complete(&mut conn, claimed[0].claim, "{}", true).unwrap());
+    let again = keeping::enqueue_batch(&mut conn, &[job]).unwrap();
+    assert!(!again[0].duplicate && again[0].job_id != first[0].job_id);
+}
+
+#[test]
+fn cancel_ends_a_waiting_job_at_once_and_cancels_a_running_query() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    let ids = keeping::enqueue_batch(
+        &mut conn,
+        &[
+            new_job("w", serde_json::json!({})),
+            new_job("r", serde_json::json!({})),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        keeping::cancel(&mut conn, ids[0].job_id).unwrap(),
+        Cancelled::Now
+    );
+    assert_eq!(
+        keeping::cancel(&mut conn, ids[0].job_id).unwrap(),
+        Cancelled::AlreadyFinished("cancelled".into())
+    );
+    assert_eq!(
+        keeping::cancel(&mut conn, 999_999).unwrap(),
+        Cancelled::NotFound
+    );
+
+    // A worker runs job `r` (a long query on its claiming connection) while another
+    // connection cancels it.
+    let mut runner = pool.checkout("runner").unwrap();
+    let claimed = claim::claim(&mut runner, &names(&["r"]), &[], 1, &holder(1), LEASE).unwrap();
+    let claim = claimed[0].claim;
+    let outcome = std::thread::scope(|scope| {
+        let running = scope.spawn(move || {
+            runner.batch_execute("BEGIN").unwrap();
+            let slept = runner.query_sql("SELECT pg_sleep(20)", &[]);
+            let error = slept.expect_err("the cancel interrupts the job's query");
+            runner.batch_execute("ROLLBACK").unwrap();
+            let failure = Failure {
+                kind: "db_error",
+                message: &error.to_string(),
+                sqlstate: Some("57014"),
+            };
+            claim::fail(&mut runner, claim, failure, Some(Duration::from_secs(1))).unwrap()
+        });
+        // Wait until the backend is in pg_sleep, then cancel.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while value(
+            &mut conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' \
+               AND state = 'active'",
+        ) != "1"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job never started"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            keeping::cancel(&mut conn, claim.id).unwrap(),
+            Cancelled::Requested
+        );
+        running.join().unwrap()
+    });
+    assert_eq!(outcome, Settled::Cancelled);
+    assert_eq!(
+        value(
+            &mut conn,
+            &format!("SELECT state FROM forkpool.jobs WHERE id = {}", claim.id)
+        ),
+        "cancelled"
+    );
+}
+
+#[test]
+fn rescue_takes_back_only_the_dead_workers_jobs_and_release_gives_the_attempt_back() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    keeping::enqueue_batch(&mut conn, &vec![new_job("x", serde_json::json!({})); 3]).unwrap();
+    let a = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(1), LEASE).unwrap();
+    let b = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(2), LEASE).unwrap();
+    let earlier = Holder {
+        instance: 6,
+        ..holder(1)
+    };
+    let c = claim::claim(&mut conn, &names(&["x"]), &[], 1, &earlier, LEASE).unwrap();
+    let dead_worker = Rescue::Worker {
+        host: "host-a",
+        instance: 7,
+        worker: 1,
+    };
+    assert_eq!(keeping::rescue(&mut conn, dead_worker, "gone").unwrap(), 1);
+    let state = |conn: &mut PooledConnection, id: i64| {
+        value(
+            conn,
+            &format!("SELECT state || attempt FROM forkpool.jobs WHERE id = {id}"),
+        )
+    };
+    assert_eq!(state(&mut conn, a[0].claim.id), "available1");
+    assert_eq!(state(&mut conn, b[0].claim.id), "running1");
+    let earlier_instances = Rescue::EarlierInstances {
+        host: "host-a",
+        instance: 7,
+    };
+    assert_eq!(
+        keeping::rescue(&mut conn, earlier_instances, "restart").unwrap(),
+        1
+    );
+    assert_eq!(state(&mut conn, c[0].claim.id), "available1");
+
+    assert!(claim::release(&mut conn, b[0].claim).unwrap());
+    assert_eq!(state(&mut conn, b[0].claim.id), "available0");
+    // The fence still holds after a release: the old claim cannot complete.
+    assert!(!claim::complete(&mut conn, b[0].claim, "{}", false).unwrap());
+    let again = claim::claim(&mut conn, &names(&["x"]), &[], 3, &holder(3), LEASE).unwrap();
+    assert_eq!(again.len(), 3);
+    assert_eq!(
+        keeping::release_instance(&mut conn, "host-a", 7).unwrap(),
+        3
+    );
+}
+
+#[test]
+fn queue_counts_split_available_from_scheduled_by_queue() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    conn.batch_execute(
+        "SELECT forkpool.enqueue('q', run_at => now() - interval '5 s'); \
+         SELECT forkpool.enqueue('q', run_at => now() + interval '1 hour'); \
+         SELECT forkpool.enqueue('q', queue => 'b');",
+    )
+    .unwrap();
+    let counts = keeping::queue_counts(&mut conn).unwrap();
+    assert_eq!(counts.len(), 2);
+    assert_eq!(counts[1].queue, "default");
+    assert_eq!((counts[1].available, counts[1].scheduled), (1, 1));
+    assert!(counts[1].oldest_available_seconds >= 5.0);
+    assert_eq!((counts[0].queue.as_str(), counts[0].available), ("b", 1));
+}
