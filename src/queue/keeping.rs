@@ -105,8 +105,7 @@ pub enum Cancelled {
 /// lock, and then sees `cancel_requested`. The backend must also have started before the
 /// claim, so a pid reused by an unrelated session is never signalled.
 pub fn cancel(conn: &mut PooledConnection, id: i64) -> Result<Cancelled, pool::Error> {
-    conn.batch_execute("BEGIN")?;
-    let outcome = (|| {
+    super::in_transaction(conn, |conn| {
         let before = conn.query_sql(
             "SELECT state, backend_pid, attempted_at FROM forkpool.jobs WHERE id = $1 FOR UPDATE",
             &[&id],
@@ -142,17 +141,7 @@ pub fn cancel(conn: &mut PooledConnection, id: i64) -> Result<Cancelled, pool::E
             }
             _ => Ok(Cancelled::AlreadyFinished(state)),
         }
-    })();
-    match outcome {
-        Ok(found) => {
-            conn.batch_execute("COMMIT")?;
-            Ok(found)
-        }
-        Err(error) => {
-            let _ = conn.batch_execute("ROLLBACK");
-            Err(error)
-        }
-    }
+    })
 }
 
 /// Which running jobs a rescue takes back.

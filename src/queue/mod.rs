@@ -11,3 +11,24 @@ pub mod backoff;
 pub mod claim;
 pub mod keeping;
 pub mod schema;
+
+use crate::pool::{self, PooledConnection};
+
+/// Runs `body` in a transaction: committed when it returns `Ok`, rolled back otherwise.
+pub(crate) fn in_transaction<T, E: From<pool::Error>>(
+    conn: &mut PooledConnection,
+    body: impl FnOnce(&mut PooledConnection) -> Result<T, E>,
+) -> Result<T, E> {
+    conn.batch_execute("BEGIN")?;
+    match body(conn) {
+        Ok(value) => {
+            conn.batch_execute("COMMIT")?;
+            Ok(value)
+        }
+        Err(error) => {
+            // The error that made us roll back is the one worth reporting.
+            let _ = conn.batch_execute("ROLLBACK");
+            Err(error)
+        }
+    }
+}

@@ -89,18 +89,7 @@ pub fn ensure(conn: &mut PooledConnection, migrate: bool) -> Result<i32, SchemaE
 
 /// Creates or upgrades the schema; idempotent. Returns the version found under the lock.
 pub fn migrate_schema(conn: &mut PooledConnection) -> Result<i32, SchemaError> {
-    conn.batch_execute("BEGIN")?;
-    let outcome = apply_missing(conn);
-    match outcome {
-        Ok(found) => {
-            conn.batch_execute("COMMIT")?;
-            Ok(found)
-        }
-        Err(error) => {
-            let _ = conn.batch_execute("ROLLBACK");
-            Err(error)
-        }
-    }
+    super::in_transaction(conn, apply_missing)
 }
 
 fn apply_missing(conn: &mut PooledConnection) -> Result<i32, SchemaError> {
