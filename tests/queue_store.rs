@@ -511,3 +511,32 @@ fn queue_counts_split_available_from_scheduled_by_queue() {
     assert!(counts[1].oldest_available_seconds >= 5.0);
     assert_eq!((counts[0].queue.as_str(), counts[0].available), ("b", 1));
 }
+
+#[test]
+fn a_listening_connection_is_woken_by_an_enqueue_committed_elsewhere_and_times_out_otherwise() {
+    let (_, pool) = migrated();
+    let mut listener = pool.checkout("listener").unwrap();
+    listener.batch_execute("LISTEN forkpool_jobs").unwrap();
+    let quiet = std::time::Instant::now();
+    assert!(listener
+        .wait_for_notifications(Duration::from_millis(200))
+        .unwrap()
+        .is_empty());
+    assert!(quiet.elapsed() >= Duration::from_millis(200));
+
+    let mut other = pool.checkout("other").unwrap();
+    other
+        .batch_execute("SELECT forkpool.enqueue('n', queue => 'mail')")
+        .unwrap();
+    let woken = listener.wait_for_notifications(Duration::from_secs(10)).unwrap();
+    assert_eq!(woken.len(), 1);
+    assert_eq!((woken[0].channel.as_str(), woken[0].payload.as_str()), ("forkpool_jobs", "mail"));
+
+    // A session that closes is an error for its listener, not a silent timeout.
+    let pid = listener.backend_pid();
+    other
+        .query_sql("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let ended = listener.wait_for_notifications(Duration::from_secs(10));
+    assert!(ended.is_err(), "{ended:?}");
+}

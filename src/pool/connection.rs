@@ -4,6 +4,7 @@
 
 use super::conninfo::ConnInfo;
 use super::error::{describe, Error};
+use super::notifications::{drive, Inbox, Notification};
 use super::settings::PoolSettings;
 use super::tls::TlsPolicy;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -13,7 +14,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Runtime;
@@ -137,25 +138,29 @@ impl Endpoint {
     }
 
     /// Runs `startup` (TLS + authentication) over `socket` and spawns the connection task.
-    async fn start_session(&self, socket: RawSocket) -> Result<(Client, JoinHandle<()>), String> {
+    async fn start_session(
+        &self,
+        socket: RawSocket,
+        inbox: &Arc<Inbox>,
+    ) -> Result<(Client, JoinHandle<()>), String> {
         match socket {
             RawSocket::Unix(stream) => {
                 stream.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
-                spawn_session(&self.startup, stream, NoTls).await
+                spawn_session(&self.startup, stream, NoTls, inbox).await
             }
             RawSocket::Tcp(stream) => {
                 stream.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
                 match &self.tls.connector {
-                    None => spawn_session(&self.startup, stream, NoTls).await,
+                    None => spawn_session(&self.startup, stream, NoTls, inbox).await,
                     Some(make) => {
                         let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
                             &mut make.clone(),
                             self.tls_host(),
                         )
                         .map_err(|e| format!("cannot set up TLS: {e}"))?;
-                        spawn_session(&self.startup, stream, tls).await
+                        spawn_session(&self.startup, stream, tls, inbox).await
                     }
                 }
             }
@@ -221,6 +226,7 @@ async fn spawn_session<S, T>(
     startup: &tokio_postgres::Config,
     stream: S,
     tls: T,
+    inbox: &Arc<Inbox>,
 ) -> Result<(Client, JoinHandle<()>), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -231,11 +237,7 @@ where
         .connect_raw(stream, tls)
         .await
         .map_err(|e| connect_error_text(&e))?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            log::debug!(target: "forkpool::pool", "connection ended: {}", describe(&e));
-        }
-    });
+    let task = tokio::spawn(drive(connection, Arc::clone(inbox)));
     Ok((client, task))
 }
 
@@ -328,6 +330,8 @@ pub(crate) struct Connection {
     socket_fd: RawFd,
     runtime_fds: Vec<RawFd>,
     statements: HashMap<(String, Vec<Type>), Statement>,
+    /// What `LISTEN` brought; empty for a session that never listens.
+    inbox: Arc<Inbox>,
     pub(crate) backend_pid: i32,
     /// Creation order: a failed ping invalidates every connection with a lower id.
     pub(crate) id: u64,
@@ -360,8 +364,9 @@ impl Connection {
             RawSocket::Unix(s) => s.as_raw_fd(),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
+        let inbox = Arc::new(Inbox::default());
         let startup = async {
-            let (client, task) = endpoint.start_session(socket).await?;
+            let (client, task) = endpoint.start_session(socket, &inbox).await?;
             let rows = client
                 .simple_query("SELECT pg_backend_pid()")
                 .await
@@ -407,6 +412,7 @@ impl Connection {
             socket_fd,
             runtime_fds,
             statements: HashMap::new(),
+            inbox,
             backend_pid,
             id,
             expires: lifetime.map(|l| now + l),
@@ -433,6 +439,25 @@ impl Connection {
         let socket = unsafe { BorrowedFd::borrow_raw(self.socket_fd) };
         let mut fds = [PollFd::new(socket, PollFlags::POLLIN)];
         !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// The notifications received so far; if none, waits for one at most `limit`. An empty
+    /// list means none came; a closed session is an error, so a listener knows to reconnect.
+    pub(crate) fn wait_for_notifications(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Vec<Notification>, Error> {
+        let mut received = self.inbox.take();
+        if received.is_empty() && !self.client.is_closed() {
+            let _ = bounded(&self.runtime, limit, self.inbox.arrival());
+            received = self.inbox.take();
+        }
+        self.last_used = Instant::now();
+        if received.is_empty() && self.client.is_closed() {
+            self.broken = true;
+            return Err(Error::Connection("the listening session closed".into()));
+        }
+        Ok(received)
     }
 
     /// What another thread needs to cancel this session's running query.

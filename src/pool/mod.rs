@@ -9,6 +9,7 @@ mod budget;
 mod connection;
 mod conninfo;
 mod error;
+mod notifications;
 #[allow(clippy::module_inception)]
 mod pool;
 mod settings;
@@ -18,6 +19,7 @@ mod tls;
 pub use budget::check_connection_budget;
 pub use conninfo::{ConnInfo, SslMode};
 pub use error::{DbError, Error};
+pub use notifications::Notification;
 pub use pool::{Pool, PooledConnection};
 pub use settings::{PoolSettings, ResetOnReturn};
 pub use stats::PoolStats;

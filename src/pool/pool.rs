@@ -4,6 +4,7 @@
 use super::connection::{build_runtime, Connection, Endpoint, RunError};
 use super::conninfo::ConnInfo;
 use super::error::Error;
+use super::notifications::Notification;
 use super::settings::{PoolSettings, ResetOnReturn};
 use super::stats::PoolStats;
 use nix::unistd::{getpid, Pid};
@@ -719,6 +720,14 @@ impl PooledConnection {
         let (connection, endpoint) = self.parts();
         let result = connection.run(endpoint, limit, |c| c.batch_execute(sql));
         self.finish(result)
+    }
+
+    /// The notifications this session received (after `LISTEN`); if none yet, waits for one
+    /// at most `limit` (bounded also by the deadline, if set). Empty: none came in time.
+    pub fn wait_for_notifications(&mut self, limit: Duration) -> Result<Vec<Notification>, Error> {
+        let limit = self.limit()?.map_or(limit, |left| left.min(limit));
+        let (connection, _) = self.parts();
+        connection.wait_for_notifications(limit)
     }
 
     /// The server process serving this connection (`pg_backend_pid()`).
