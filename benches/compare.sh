@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # forkpool against pgbench on the same SQL, with and without TLS, and against a
 # connect-per-job baseline (pgbench -C: a new connection per transaction, like SQLAlchemy's
-# NullPool). One command from a clean checkout:
+# NullPool); and the Python client's run_many against `forkpool bench` and against
+# multiprocessing.Pool with a SQLAlchemy engine per child (benches/python_client.py, in a
+# virtual environment made here; pip fetches sqlalchemy and psycopg). One command from a
+# clean checkout:
 #
 #   bash benches/compare.sh
 #
@@ -192,6 +195,12 @@ for w in json.load(sys.stdin)["workers"]:
     print(w["jobs_done"], kib(w["pid"], "Rss"), kib(w["pid"], "Pss"))'
 }
 
+# The Python client's row: a virtual environment with it, SQLAlchemy and psycopg for the peer.
+echo "== Python: a virtual environment with forkpool-client, sqlalchemy, psycopg" >&2
+python3 -m venv "$tmp/venv"
+"$tmp/venv/bin/pip" install --quiet --disable-pip-version-check "$repo/clients/python" \
+    sqlalchemy 'psycopg[binary]'
+
 results="$tmp/results"
 : >"$results"
 for sslmode in require disable; do
@@ -207,6 +216,10 @@ for sslmode in require disable; do
     echo "forkpool-p$PIPELINE $sslmode $(run_bench "$WORKERS" "$PIPELINE")" >>"$results"
     echo "forkpool-serial $sslmode $(run_bench 1 1)" >>"$results"
     if [ "$sslmode" = require ]; then
+        echo "== Python: run_many, forkpool bench, multiprocessing.Pool + create_engine" >&2
+        python_line=$("$tmp/venv/bin/python" "$here/python_client.py" "$tmp/forkpool.sock" "$forkpool" \
+            "postgresql+psycopg://app:$APP_PASSWORD@127.0.0.1:$port/app?sslmode=require" \
+            --workers "$WORKERS" --duration "$DURATION")
         worker_memory >"$tmp/memory-last"
         master_rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$service_pid/status")
         echo "== 1000 idle clients" >&2
@@ -234,3 +247,4 @@ EOF
 echo "master RSS: $((master_rss_kib / 1024)) MiB after the TLS runs," \
     "$((idle_clients_rss_kib / 1024)) MiB with 1000 idle clients connected (KiB: $master_rss_kib, $idle_clients_rss_kib)"
 echo "start-up: forkpool run to READY=1 with $BOOT_WORKERS workers: $boot_ms ms"
+echo "$python_line"
