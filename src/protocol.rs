@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// The closed set of error kinds a client can see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The closed set of error kinds a client can see. The wire names are spelled once, in
+/// [`ErrorKind::as_str`], which serialization uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     BadRequest,
     TooLarge,
@@ -51,6 +51,12 @@ impl ErrorKind {
             ErrorKind::TooManyClients => "too_many_clients",
             ErrorKind::Internal => "internal",
         }
+    }
+}
+
+impl Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -117,7 +123,8 @@ pub struct Rejection {
 /// `"arg"` would otherwise silently run the job without its arguments).
 const REQUEST_FIELDS: &[&str] = &["id", "op", "job", "args", "timeout_ms"];
 
-fn null_id() -> Box<RawValue> {
+/// `"id": null`, for answers to a line whose id is unknown (unparsable, refused at connect).
+pub fn null_id() -> Box<RawValue> {
     RawValue::from_string("null".to_string()).expect("null is JSON")
 }
 

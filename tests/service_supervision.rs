@@ -32,7 +32,12 @@ fn after_ready_count(service: &Service, count: usize) -> Value {
 /// The pid of a worker running a job, asked of `status` until one is (the job was sent
 /// just before; `status` is answered between the master's events, so this is its own wait).
 fn busy_worker_pid(service: &Service) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "no worker showed a running job within 30 s"
+        );
         let status = service.status();
         let busy = status["workers"]
             .as_array()
@@ -256,7 +261,7 @@ fn steady_load(socket: std::path::PathBuf, name: usize, stop: Arc<AtomicBool>) -
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let id = format!("{name}-{i}");
-        let request = if i % 2 == 0 {
+        let request = if i.is_multiple_of(2) {
             json!({"id": id, "op": "run", "job": "sleep", "args": {"seconds": 0.02}})
         } else {
             json!({"id": id, "op": "run", "job": "add", "args": {"a": i, "b": 1}})

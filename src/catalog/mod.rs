@@ -22,7 +22,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use crate::handler::{HandlerOptions, HandlerRef};
 pub use numeric::Numeric;
-pub use params::{rewrite, Rewritten};
+pub use params::{opens_transaction, rewrite, Rewritten};
 pub use rows::row_to_json;
 pub use types::{ParamType, SqlValue};
 
@@ -79,6 +79,9 @@ pub struct SqlStatement {
     pub params: Vec<usize>,
     /// The declared types of `$1..$n`, for `prepare_typed`.
     pub types: Vec<Type>,
+    /// It opens a transaction block itself (`BEGIN`, `START TRANSACTION`), so the checkin
+    /// after it must reset the connection.
+    pub opens_transaction: bool,
 }
 
 /// Default for `max_rows`.
@@ -511,6 +514,7 @@ fn statement(
         sql: rewritten.sql,
         types: indexes.iter().map(|&i| params[i].ty.pg_type()).collect(),
         params: indexes,
+        opens_transaction: opens_transaction(source),
     })
 }
 

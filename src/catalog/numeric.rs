@@ -95,8 +95,7 @@ impl Numeric {
         }
         // Left-pad so that the decimal point falls on a group boundary.
         let pad = ((weight + 1) * GROUP - point) as usize;
-        let padded: Vec<u8> = std::iter::repeat(0)
-            .take(pad)
+        let padded: Vec<u8> = std::iter::repeat_n(0, pad)
             .chain(significant.bytes().map(|b| b - b'0'))
             .collect();
         let digits = padded

@@ -106,6 +106,34 @@ fn skip_quoted(
     ))
 }
 
+/// Whether `sql` is a statement that opens a transaction block (`BEGIN`, `START
+/// TRANSACTION`): its first keyword, after white space and comments. Worked out once, when
+/// the job file is loaded, with the same comment scanners as [`rewrite`].
+pub fn opens_transaction(sql: &str) -> bool {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    loop {
+        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if bytes[i..].starts_with(b"--") {
+            i = skip_line_comment(bytes, i);
+        } else if bytes[i..].starts_with(b"/*") {
+            match skip_block_comment(bytes, i) {
+                Ok(end) => i = end,
+                Err(_) => return false,
+            }
+        } else {
+            break;
+        }
+    }
+    let keyword = &bytes[i..i + bytes[i..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic())
+        .count()];
+    keyword.eq_ignore_ascii_case(b"begin") || keyword.eq_ignore_ascii_case(b"start")
+}
+
 fn skip_line_comment(bytes: &[u8], start: usize) -> usize {
     match bytes[start..].iter().position(|&b| b == b'\n') {
         Some(offset) => start + offset + 1,
@@ -334,6 +362,30 @@ mod tests {
                     let _ = rewrite(&[a, b, c].concat());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn statements_that_open_a_transaction_are_recognised_past_comments() {
+        for sql in [
+            "BEGIN",
+            "begin isolation level serializable",
+            "  START TRANSACTION",
+            "-- note\nBEGIN",
+            "/* a /* nested */ one */ begin",
+        ] {
+            assert!(opens_transaction(sql), "{sql:?}");
+        }
+        for sql in [
+            "SELECT 1",
+            "DO $$BEGIN END$$",
+            "COMMIT",
+            "-- BEGIN\nSELECT 1",
+            "/* begin */ SELECT 1",
+            "",
+            "/* unterminated",
+        ] {
+            assert!(!opens_transaction(sql), "{sql:?}");
         }
     }
 }

@@ -561,7 +561,7 @@ impl Master {
             );
             if let Err(body) = admitted {
                 warn!("refused {client}: {}", body.message);
-                client.send(&protocol::error_line(&null_id(), &body.to_json()));
+                client.send(&protocol::error_line(&protocol::null_id(), &body.to_json()));
                 client.close_after_flush = true;
                 if client.finished() {
                     // Answered in full: dropping it closes it now, so the refused peer sees
@@ -620,7 +620,7 @@ impl Master {
                 ErrorKind::TooLarge,
                 format!("request line longer than service.max_request_bytes = {max}; closing"),
             );
-            client.send(&protocol::error_line(&null_id(), &body.to_json()));
+            client.send(&protocol::error_line(&protocol::null_id(), &body.to_json()));
             client.close_after_flush = true;
         }
         if input.closed || client.finished() {
@@ -1256,8 +1256,4 @@ impl Master {
         info!("stopped");
         Some(stopping.exit_code)
     }
-}
-
-fn null_id() -> Box<RawValue> {
-    RawValue::from_string("null".to_string()).expect("null is JSON")
 }

@@ -68,7 +68,7 @@ pub fn run(
     // Whether the job can have left a transaction open, so checkin knows if its reset has
     // anything to do: not when every statement ran in autocommit (or in our committed or
     // rolled-back transaction) and none of them opened one itself.
-    let opens_own = job.statements.iter().any(|s| opens_transaction(&s.sql));
+    let opens_own = job.statements.iter().any(|s| s.opens_transaction);
     if let Err(error) = outcome {
         let db_error = matches!(error, pool::Error::Db(_));
         let rolled_back =
@@ -101,46 +101,6 @@ pub fn run(
     })
 }
 
-/// Whether `sql` is a statement that opens a transaction block (`BEGIN`, `START
-/// TRANSACTION`): its first keyword, after white space and comments.
-fn opens_transaction(sql: &str) -> bool {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(line) = rest.strip_prefix("--") {
-            rest = line.split_once('\n').map_or("", |(_, after)| after);
-        } else if rest.starts_with("/*") {
-            // Nested comments: skip to the matching close.
-            let mut depth = 0;
-            let bytes = rest.as_bytes();
-            let mut i = 0;
-            while i + 1 < bytes.len() {
-                if bytes[i] == b'/' && bytes[i + 1] == b'*' {
-                    depth += 1;
-                    i += 2;
-                } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            rest = rest.get(i..).unwrap_or("");
-        } else {
-            break;
-        }
-    }
-    let keyword: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(keyword.as_str(), "begin" | "start")
-}
-
 /// Maps a pool error to the protocol's closed set of kinds; `database` is the configured
 /// name (`[databases.<name>]`) the connection was for.
 pub fn pool_error_body(error: pool::Error, database: &str) -> ErrorBody {
@@ -165,34 +125,5 @@ pub fn pool_error_body(error: pool::Error, database: &str) -> ErrorBody {
             format!("[databases.{database}]: {error}"),
         ),
         pool::Error::Config(_) => ErrorBody::new(ErrorKind::Internal, error.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::opens_transaction;
-
-    #[test]
-    fn statements_that_open_a_transaction_are_recognised_past_comments() {
-        for sql in [
-            "BEGIN",
-            "begin isolation level serializable",
-            "  START TRANSACTION",
-            "-- note\nBEGIN",
-            "/* a /* nested */ one */ begin",
-        ] {
-            assert!(opens_transaction(sql), "{sql:?}");
-        }
-        for sql in [
-            "SELECT 1",
-            "DO $$BEGIN END$$",
-            "COMMIT",
-            "-- BEGIN\nSELECT 1",
-            "/* begin */ SELECT 1",
-            "",
-            "/* unterminated",
-        ] {
-            assert!(!opens_transaction(sql), "{sql:?}");
-        }
     }
 }
