@@ -3,23 +3,15 @@
 //! Exit codes: 0 success; 1 the job or request failed (the answer says why); 2 bad usage or
 //! configuration; 3 the service could not be reached.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
 
-use crate::catalog::Catalog;
-use crate::config::Config;
-use crate::master::{self, Master};
+use crate::client;
+use crate::exit::{EXIT_FAILED, EXIT_OK};
 use crate::service::Service;
-
-pub(crate) const EXIT_OK: i32 = 0;
-pub(crate) const EXIT_FAILED: i32 = 1;
-pub(crate) const EXIT_USAGE: i32 = 2;
-pub(crate) const EXIT_UNREACHABLE: i32 = 3;
+use crate::startup::{self, Loaded};
 
 #[derive(Parser)]
 #[command(
@@ -68,7 +60,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
-        options: crate::bench::BenchOptions,
+        options: client::bench::BenchOptions,
     },
     /// Validate the configuration and the job catalog.
     Check {
@@ -123,21 +115,27 @@ pub fn main_with(service: Service) -> i32 {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Run { config } => run(config.as_deref(), &service),
+        Command::Run { config } => startup::run(config.as_deref(), service.handlers()),
         Command::Submit {
             target,
             timeout_ms,
             job,
             args,
-        } => submit(&target, &job, args.as_deref(), timeout_ms),
+        } => match socket_path(&target) {
+            Ok(socket) => client::submit(&socket, &job, args.as_deref(), timeout_ms),
+            Err(code) => code,
+        },
         Command::Status {
             target,
             json,
             prometheus,
-        } => status(&target, json, prometheus),
+        } => match socket_path(&target) {
+            Ok(socket) => client::status(&socket, json, prometheus),
+            Err(code) => code,
+        },
         Command::Check { config, db } => check(config.as_deref(), db, &service),
         Command::Bench { target, options } => match socket_path(&target) {
-            Ok(socket) => crate::bench::run(&socket, &options),
+            Ok(socket) => client::bench::run(&socket, &options),
             Err(code) => code,
         },
     }
@@ -185,64 +183,12 @@ fn syslog_priority(level: log::Level) -> u8 {
     }
 }
 
-/// Loads the configuration; on failure prints every problem — the job catalog's too, found
-/// through the configuration's best effort, so one run shows everything to fix.
-fn load_config(path: Option<&Path>) -> Result<Config, i32> {
-    Config::load(path).map_err(|errors| {
-        eprintln!("{errors}");
-        let config = &errors.best_effort;
-        if let Err(problems) = Catalog::load(&config.service.catalog, config.workers.job_timeout) {
-            for problem in problems {
-                eprintln!("forkpool: {problem}");
-            }
-        }
-        EXIT_USAGE
-    })
-}
-
-/// The configuration, the catalog and the databases, or the exit code after every problem
-/// was printed.
-fn load_everything(
-    config: Option<&Path>,
-    service: &Service,
-) -> Result<(Config, crate::catalog::Catalog, crate::databases::Databases), i32> {
-    master::prepare(load_config(config)?, service.handlers()).map_err(|problems| {
-        for problem in problems {
-            eprintln!("forkpool: {problem}");
-        }
-        EXIT_USAGE
-    })
-}
-
-pub(crate) fn run(config: Option<&Path>, service: &Service) -> i32 {
-    let (config, catalog, databases) = match load_everything(config, service) {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    raise_descriptor_limit();
-    let handlers = Arc::new(service.handlers().clone());
-    match Master::start(config, catalog, databases, handlers) {
-        Ok(master) => master.run(),
-        Err(problem) => {
-            eprintln!("forkpool: {problem}");
-            EXIT_USAGE
-        }
-    }
-}
-
-/// Every client holds a descriptor in the master; the usual soft limit (1024) would cap the
-/// service near a thousand clients although the hard limit allows far more.
-fn raise_descriptor_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
-}
-
 fn check(config: Option<&Path>, db: bool, service: &Service) -> i32 {
-    let (config, catalog, databases) = match load_everything(config, service) {
+    let Loaded {
+        config,
+        catalog,
+        databases,
+    } = match startup::load(config, service.handlers()) {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
@@ -278,87 +224,5 @@ fn socket_path(target: &Target) -> Result<PathBuf, i32> {
     if let Some(socket) = &target.socket {
         return Ok(socket.clone());
     }
-    load_config(target.config.as_deref()).map(|config| config.service.socket)
-}
-
-/// Sends one request and reads its answer.
-fn request(target: &Target, request: &Value) -> Result<Value, i32> {
-    let socket = socket_path(target)?;
-    let unreachable = |e: std::io::Error| {
-        eprintln!(
-            "cannot reach forkpool at {}: {e} — is the service running?",
-            socket.display()
-        );
-        EXIT_UNREACHABLE
-    };
-    let mut stream = UnixStream::connect(&socket).map_err(unreachable)?;
-    let mut line = request.to_string();
-    line.push('\n');
-    // A refused connection (`forbidden`, `too_many_clients`) is answered at once and closed,
-    // maybe before this write arrives: the write then fails, and the answer is read anyway.
-    let sent = stream.write_all(line.as_bytes());
-    let mut answer = String::new();
-    let received = BufReader::new(&stream).read_line(&mut answer);
-    if answer.is_empty() {
-        sent.and(received).map_err(unreachable)?;
-        eprintln!(
-            "forkpool at {} closed the connection without answering",
-            socket.display()
-        );
-        return Err(EXIT_UNREACHABLE);
-    }
-    serde_json::from_str(&answer).map_err(|e| {
-        eprintln!("forkpool answered something that is not JSON ({e}): {answer}");
-        EXIT_FAILED
-    })
-}
-
-fn submit(target: &Target, job: &str, args: Option<&str>, timeout_ms: Option<u64>) -> i32 {
-    let args: Value = match args.map(serde_json::from_str).transpose() {
-        Ok(Some(args @ Value::Object(_))) => args,
-        Ok(None) => json!({}),
-        Ok(Some(_)) => {
-            eprintln!("ARGS_JSON must be a JSON object, e.g. '{{\"a\": 1}}'");
-            return EXIT_USAGE;
-        }
-        Err(e) => {
-            eprintln!("ARGS_JSON is not JSON: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let mut body = json!({"id": 1, "op": "run", "job": job, "args": args});
-    if let Some(ms) = timeout_ms {
-        body["timeout_ms"] = json!(ms);
-    }
-    match request(target, &body) {
-        Ok(answer) => {
-            println!("{}", serde_json::to_string_pretty(&answer).expect("JSON"));
-            if answer["ok"] == json!(true) {
-                EXIT_OK
-            } else {
-                EXIT_FAILED
-            }
-        }
-        Err(code) => code,
-    }
-}
-
-fn status(target: &Target, as_json: bool, as_prometheus: bool) -> i32 {
-    let answer = match request(target, &json!({"id": 1, "op": "status"})) {
-        Ok(answer) => answer,
-        Err(code) => return code,
-    };
-    if answer["ok"] != json!(true) {
-        eprintln!("{answer}");
-        return EXIT_FAILED;
-    }
-    let status = &answer["result"];
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(status).expect("JSON"));
-    } else if as_prometheus {
-        print!("{}", crate::status_prometheus::render(status));
-    } else {
-        print!("{}", crate::status_table::render(status));
-    }
-    EXIT_OK
+    startup::load_config(target.config.as_deref()).map(|config| config.service.socket)
 }

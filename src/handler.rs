@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::pools::{pool_error_body, Pools};
 use crate::protocol::{ErrorBody, ErrorKind};
-use crate::worker::{pool_error_body, Pools};
 
 // What a handler's connection takes and returns, so a handler needs no import from
 // tokio-postgres or from the (internal) pool module.
@@ -110,6 +110,17 @@ impl PartialEq for HandlerRef {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
+
+/// One Rust handler, registered by name next to the job files.
+#[derive(Clone)]
+pub(crate) struct Registration {
+    pub(crate) name: String,
+    pub(crate) options: HandlerOptions,
+    pub(crate) handler: HandlerRef,
+}
+
+/// The handlers a service registers.
+pub(crate) type Handlers = Vec<Registration>;
 
 /// How a handler job is listed and run, like the keys of a job file. The defaults: no
 /// description, `workers.job_timeout`, no retry.

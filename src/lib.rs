@@ -38,13 +38,14 @@
 // Internal modules. Those marked `#[doc(hidden)] pub` are reachable only for the integration
 // tests (tests/) and the binary, not part of the library's API: they may change without
 // notice. (`missing_docs` skips hidden items.)
-pub(crate) mod bench;
 #[doc(hidden)]
 pub mod catalog;
 pub mod cli;
+mod client;
 #[doc(hidden)]
 pub mod config;
 pub(crate) mod databases;
+mod exit;
 pub mod handler;
 pub(crate) mod ipc;
 pub(crate) mod master;
@@ -54,6 +55,7 @@ pub(crate) mod master;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod pool;
+mod pools;
 mod probe;
 // Durable jobs' statements: public only for the integration tests, like `pool`.
 #[doc(hidden)]
@@ -62,8 +64,7 @@ pub mod protocol;
 #[allow(missing_docs)]
 pub mod queue;
 mod service;
-mod status_prometheus;
-mod status_table;
+mod startup;
 pub(crate) mod systemd;
 pub(crate) mod worker;
 

@@ -4,18 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::handler::{Handler, HandlerOptions, HandlerRef};
-
-/// One Rust handler, registered by name next to the job files.
-#[derive(Clone)]
-pub(crate) struct Registration {
-    pub(crate) name: String,
-    pub(crate) options: HandlerOptions,
-    pub(crate) handler: HandlerRef,
-}
-
-/// The handlers a service registers.
-pub(crate) type Handlers = Vec<Registration>;
+use crate::handler::{Handler, HandlerOptions, HandlerRef, Handlers, Registration};
 
 /// The service: SQL jobs from `workers/*.toml` and Rust handlers, under one master.
 ///
@@ -112,7 +101,7 @@ impl Service {
     ///
     /// [`cli::main_with`]: crate::cli::main_with
     pub fn run(self, config: Option<&Path>) -> i32 {
-        crate::cli::run(config, &self)
+        crate::startup::run(config, &self.handlers)
     }
 
     pub(crate) fn handlers(&self) -> &Handlers {

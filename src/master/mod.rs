@@ -32,6 +32,8 @@ mod workers;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,12 +48,9 @@ use serde_json::value::RawValue;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::databases::{self, Databases};
 use crate::ipc::{FromWorker, ToWorker};
 use crate::protocol::{self, ErrorBody, ErrorKind, Op, Request};
-use crate::service::Handlers;
 use crate::systemd::{self, Notifier, Snapshot};
-use crate::worker::WorkerSetup;
 use clients::{Client, ClientId};
 use jobs::{Job, Jobs, Running};
 use listener::Listener;
@@ -67,6 +66,21 @@ const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// First crash-loop delay; it doubles per consecutive crash up to `restart_backoff_max`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a forked child runs as its worker: given its end of the job channel, the master's pid
+/// and its slot, it never returns (the exit code is for the type). The layer above the master
+/// supplies it, so the master imports neither the worker nor the pool.
+pub type WorkerMain = Arc<dyn Fn(UnixStream, Pid, usize) -> i32>;
+
+/// Loads and checks a configuration file as at start (SIGHUP calls it), every problem listed.
+pub type Loader = Box<dyn Fn(&Path) -> Result<Generation, Vec<String>>>;
+
+/// One configuration generation: what the master reads itself, and what its workers run.
+pub struct Generation {
+    pub config: Arc<Config>,
+    pub catalog: Arc<Catalog>,
+    pub worker_main: WorkerMain,
+}
 
 /// What woke the loop.
 enum Event {
@@ -97,7 +111,8 @@ struct CrashLoop {
 pub struct Master {
     config: Arc<Config>,
     catalog: Arc<Catalog>,
-    databases: Arc<Databases>,
+    worker_main: WorkerMain,
+    load: Loader,
     generation: u64,
     signals: SignalPipe,
     listener: Option<Listener>,
@@ -120,8 +135,6 @@ pub struct Master {
     totals: status::Totals,
     /// What systemd is told (nothing when not started by systemd).
     systemd: Notifier,
-    /// The Rust handlers, registered again with every reloaded catalog.
-    handlers: Arc<Handlers>,
     /// The one buffer every client and channel read goes through: allocated once, so a
     /// read costs no allocation and no 64 KiB of zeroing.
     scratch: Box<[u8]>,
@@ -130,70 +143,15 @@ pub struct Master {
 /// The size of [`Master::scratch`]: larger than a typical burst of requests or answers.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// Loads everything the master needs — the configuration's databases, the job files and
-/// the Rust handlers registered with [`crate::Service`] — and reports every problem before
-/// anything starts.
-pub fn prepare(
-    config: Config,
-    handlers: &Handlers,
-) -> Result<(Config, Catalog, Databases), Vec<String>> {
-    let catalog = Catalog::load(&config.service.catalog, config.workers.job_timeout);
-    let databases = databases::from_config(&config);
-    let mut problems = Vec::new();
-    let mut catalog = catalog.map_err(|e| problems.extend(e)).ok();
-    let databases = databases.map_err(|e| problems.extend(e)).ok();
-    if let Some(catalog) = &mut catalog {
-        for registration in handlers {
-            let added = catalog.add_handler(
-                &registration.name,
-                &registration.options,
-                registration.handler.clone(),
-                config.workers.job_timeout,
-            );
-            problems.extend(added.err());
-        }
-        for job in catalog.jobs().filter(|job| job.handler.is_none()) {
-            if !config.databases.contains_key(&job.database) {
-                problems.push(format!(
-                    "job `{}` uses database `{}`, which has no [databases.{}] section",
-                    job.name, job.database, job.database
-                ));
-            }
-        }
-    }
-    let pools: Vec<(&str, usize)> = config
-        .databases
-        .iter()
-        .map(|(name, db)| (name.as_str(), db.pool_size))
-        .collect();
-    for (name, db) in &config.databases {
-        if db.max_connections_budget > 0 {
-            if let Err(problem) = crate::pool::check_connection_budget(
-                config.workers.max,
-                &pools,
-                db.max_connections_budget,
-            ) {
-                problems.push(format!(
-                    "databases.{name}.max_connections_budget: {problem}"
-                ));
-            }
-        }
-    }
-    match (catalog, databases) {
-        (Some(catalog), Some(databases)) if problems.is_empty() => Ok((config, catalog, databases)),
-        _ => Err(problems),
-    }
-}
-
 impl Master {
     /// Binds the socket (or takes the one systemd passed) and installs the signal handlers;
     /// forks nothing yet.
-    pub fn start(
-        config: Config,
-        catalog: Catalog,
-        databases: Databases,
-        handlers: Arc<Handlers>,
-    ) -> Result<Master, String> {
+    pub fn start(current: Generation, load: Loader) -> Result<Master, String> {
+        let Generation {
+            config,
+            catalog,
+            worker_main,
+        } = current;
         let listener = match systemd::take_listener()? {
             Some(socket) => Listener::inherited(socket)?,
             None => Listener::bind(&config.service.socket, config.service.socket_mode)?,
@@ -211,9 +169,10 @@ impl Master {
         );
         let target = config.workers.count;
         Ok(Master {
-            config: Arc::new(config),
-            catalog: Arc::new(catalog),
-            databases: Arc::new(databases),
+            config,
+            catalog,
+            worker_main,
+            load,
             generation: 1,
             signals,
             listener: Some(listener),
@@ -230,7 +189,6 @@ impl Master {
             started: Instant::now(),
             totals: status::Totals::default(),
             systemd: notifier,
-            handlers,
             scratch: vec![0; READ_BUFFER].into_boxed_slice(),
         })
     }
@@ -469,26 +427,27 @@ impl Master {
         }
         info!("SIGHUP: reloading {}", self.config.file.display());
         self.systemd.reloading();
-        let handlers = Arc::clone(&self.handlers);
-        let reloaded = Config::load(Some(&self.config.file))
-            .map_err(|errors| errors.problems.clone())
-            .and_then(|config| prepare(config, &handlers));
+        let reloaded = (self.load)(&self.config.file);
         match reloaded {
             Err(problems) => {
                 for problem in problems {
                     error!("reload refused, keeping the running configuration: {problem}");
                 }
             }
-            Ok((config, catalog, databases)) => {
+            Ok(Generation {
+                config,
+                catalog,
+                worker_main,
+            }) => {
                 if config.service.socket != self.config.service.socket {
                     warn!("service.socket changed: a restart is needed to move the socket");
                 }
                 self.target = config.workers.count;
                 // The new generation starts at its floor; load grows it again if need be.
                 self.grown = 0;
-                self.config = Arc::new(config);
-                self.catalog = Arc::new(catalog);
-                self.databases = Arc::new(databases);
+                self.config = config;
+                self.catalog = catalog;
+                self.worker_main = worker_main;
                 self.generation += 1;
                 info!(
                     "reload accepted (generation {}); replacing workers one by one",
@@ -1107,16 +1066,10 @@ impl Master {
                 self.workers.len() - 1
             }
         };
-        let setup = WorkerSetup {
-            slot: index + 1,
-            threads: self.config.workers.threads,
-            catalog: Arc::clone(&self.catalog),
-            databases: Arc::clone(&self.databases),
-        };
         let workers = &self.config.workers;
         let recycle_after = (workers.max_jobs > 0)
             .then(|| workers.max_jobs + fastrand::u64(0..=workers.max_jobs_jitter));
-        match Worker::spawn(index + 1, self.generation, recycle_after, setup) {
+        match Worker::spawn(index + 1, self.generation, recycle_after, &self.worker_main) {
             Ok(worker) => {
                 info!("worker {} started (pid {})", index + 1, worker.pid);
                 self.workers[index] = Some(worker);

@@ -9,9 +9,9 @@ use nix::unistd::{fork, getpid, ForkResult, Pid};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::WorkerMain;
 use crate::config::WorkersConfig;
 use crate::ipc::{self, FrameBuffer, FromWorker, ToWorker};
-use crate::worker::{self, WorkerSetup};
 
 /// Where a worker is in its life, as the master sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,7 +63,7 @@ impl Worker {
         slot: usize,
         generation: u64,
         recycle_after: Option<u64>,
-        setup: WorkerSetup,
+        worker_main: &WorkerMain,
     ) -> io::Result<Worker> {
         let (master_end, worker_end) = UnixStream::pair()?;
         let master = getpid();
@@ -74,10 +74,10 @@ impl Worker {
             Some(&mut previous),
         )?;
         // SAFETY: the master has one thread, so no lock is held by another thread at the fork;
-        // the child goes straight into `worker::run`, which never returns.
+        // the child goes straight into the worker's main, which never returns.
         let forked = unsafe { fork() };
         match forked {
-            Ok(ForkResult::Child) => worker::run(worker_end, master, setup),
+            Ok(ForkResult::Child) => std::process::exit(worker_main(worker_end, master, slot)),
             Ok(ForkResult::Parent { child }) => {
                 sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
                 drop(worker_end);

@@ -6,7 +6,6 @@
 //! - a signal waiter turns TERM / INT / QUIT into a stop;
 //! - the main thread ticks: pool maintenance and a heartbeat to the master, until told to stop.
 
-mod pools;
 pub(crate) mod reset;
 mod rust_job;
 mod sql_job;
@@ -30,9 +29,8 @@ use crate::catalog::Catalog;
 use crate::databases::Databases;
 use crate::ipc::{self, FromWorker, ToWorker};
 use crate::pool::PooledConnection;
+use crate::pools::Pools;
 use crate::protocol::{ErrorBody, ErrorKind};
-pub(crate) use pools::Pools;
-pub(crate) use sql_job::pool_error_body;
 
 /// How often a worker maintains its pools and reports to the master. The master's liveness
 /// check allows several missed beats.

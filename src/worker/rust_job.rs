@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use super::Pools;
 use crate::handler::{HandlerRef, JobContext};
+use crate::pools::Pools;
 use crate::protocol::{ErrorBody, ErrorKind};
 
 /// Calls the handler with a fresh context. A panic is answered `internal` with its message,

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::catalog::{row_to_json, JobSpec};
 use crate::pool::{self, Pool, PooledConnection};
+use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
 
 /// What a SQL job produced: the rows of the last statement that returned rows, and the count
@@ -99,31 +100,4 @@ pub fn run(
         rows_affected,
         truncated,
     })
-}
-
-/// Maps a pool error to the protocol's closed set of kinds; `database` is the configured
-/// name (`[databases.<name>]`) the connection was for.
-pub fn pool_error_body(error: pool::Error, database: &str) -> ErrorBody {
-    match error {
-        pool::Error::Db(db) => {
-            let mut body = ErrorBody::new(ErrorKind::DbError, db.message.clone())
-                .with("sqlstate", db.sqlstate.clone());
-            if let Some(detail) = &db.detail {
-                body = body.with("detail", detail.clone());
-            }
-            if let Some(hint) = &db.hint {
-                body = body.with("hint", hint.clone());
-            }
-            body
-        }
-        pool::Error::Timeout { .. } => ErrorBody::new(
-            ErrorKind::Timeout,
-            "the job ran past its timeout; its query was cancelled and its transaction rolled back",
-        ),
-        pool::Error::Unavailable { .. } | pool::Error::Connection(_) => ErrorBody::new(
-            ErrorKind::DbUnavailable,
-            format!("[databases.{database}]: {error}"),
-        ),
-        pool::Error::Config(_) => ErrorBody::new(ErrorKind::Internal, error.to_string()),
-    }
 }

@@ -1,4 +1,5 @@
-//! A worker's pools: one per database, built on the first job that needs it.
+//! A worker's pools: one per database, built on the first job that needs it; and how a pool
+//! error reads on the wire. Below both the worker and the public handler API, which share it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -6,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 
 use crate::databases::Databases;
-use crate::pool::Pool;
+use crate::pool::{self, Pool};
 use crate::protocol::{ErrorBody, ErrorKind};
 
 /// The pools of this worker process. Building a pool opens nothing (the first checkout
@@ -92,5 +93,32 @@ impl Pools {
         for pool in self.all() {
             pool.close();
         }
+    }
+}
+
+/// Maps a pool error to the protocol's closed set of kinds; `database` is the configured
+/// name (`[databases.<name>]`) the connection was for.
+pub fn pool_error_body(error: pool::Error, database: &str) -> ErrorBody {
+    match error {
+        pool::Error::Db(db) => {
+            let mut body = ErrorBody::new(ErrorKind::DbError, db.message.clone())
+                .with("sqlstate", db.sqlstate.clone());
+            if let Some(detail) = &db.detail {
+                body = body.with("detail", detail.clone());
+            }
+            if let Some(hint) = &db.hint {
+                body = body.with("hint", hint.clone());
+            }
+            body
+        }
+        pool::Error::Timeout { .. } => ErrorBody::new(
+            ErrorKind::Timeout,
+            "the job ran past its timeout; its query was cancelled and its transaction rolled back",
+        ),
+        pool::Error::Unavailable { .. } | pool::Error::Connection(_) => ErrorBody::new(
+            ErrorKind::DbUnavailable,
+            format!("[databases.{database}]: {error}"),
+        ),
+        pool::Error::Config(_) => ErrorBody::new(ErrorKind::Internal, error.to_string()),
     }
 }

@@ -1,0 +1,161 @@
+//! Start-up: loads the configuration, the job catalog and the databases, checks them
+//! together (every problem at once, the connection budget among them) and starts the master
+//! with what it cannot build itself: how a forked child becomes a worker. `forkpool run`,
+//! `forkpool check` and [`crate::Service::run`] come through here, and the master's SIGHUP
+//! calls the same check.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::databases::{self, Databases};
+use crate::exit::EXIT_USAGE;
+use crate::handler::Handlers;
+use crate::master::{Generation, Loader, Master, WorkerMain};
+use crate::pool;
+use crate::worker::{self, WorkerSetup};
+
+/// Everything a service runs from, checked.
+pub(crate) struct Loaded {
+    pub(crate) config: Config,
+    pub(crate) catalog: Catalog,
+    pub(crate) databases: Databases,
+}
+
+impl Loaded {
+    /// What the master holds: the configuration and catalog it reads itself, and the worker
+    /// entry that carries the databases to the workers (the master never sees them).
+    fn into_generation(self) -> Generation {
+        let catalog = Arc::new(self.catalog);
+        let databases = Arc::new(self.databases);
+        let threads = self.config.workers.threads;
+        let worker_catalog = Arc::clone(&catalog);
+        let worker_main: WorkerMain = Arc::new(move |channel, master, slot| {
+            let setup = WorkerSetup {
+                slot,
+                threads,
+                catalog: Arc::clone(&worker_catalog),
+                databases: Arc::clone(&databases),
+            };
+            worker::run(channel, master, setup)
+        });
+        Generation {
+            config: Arc::new(self.config),
+            catalog,
+            worker_main,
+        }
+    }
+}
+
+/// Checks what the configuration names — its databases, the job files and the Rust handlers
+/// registered with [`crate::Service`] — and reports every problem before anything starts.
+pub(crate) fn check(config: Config, handlers: &Handlers) -> Result<Loaded, Vec<String>> {
+    let catalog = Catalog::load(&config.service.catalog, config.workers.job_timeout);
+    let databases = databases::from_config(&config);
+    let mut problems = Vec::new();
+    let mut catalog = catalog.map_err(|e| problems.extend(e)).ok();
+    let databases = databases.map_err(|e| problems.extend(e)).ok();
+    if let Some(catalog) = &mut catalog {
+        for registration in handlers {
+            let added = catalog.add_handler(
+                &registration.name,
+                &registration.options,
+                registration.handler.clone(),
+                config.workers.job_timeout,
+            );
+            problems.extend(added.err());
+        }
+        for job in catalog.jobs().filter(|job| job.handler.is_none()) {
+            if !config.databases.contains_key(&job.database) {
+                problems.push(format!(
+                    "job `{}` uses database `{}`, which has no [databases.{}] section",
+                    job.name, job.database, job.database
+                ));
+            }
+        }
+    }
+    let pools: Vec<(&str, usize)> = config
+        .databases
+        .iter()
+        .map(|(name, db)| (name.as_str(), db.pool_size))
+        .collect();
+    for (name, db) in &config.databases {
+        if db.max_connections_budget > 0 {
+            if let Err(problem) =
+                pool::check_connection_budget(config.workers.max, &pools, db.max_connections_budget)
+            {
+                problems.push(format!(
+                    "databases.{name}.max_connections_budget: {problem}"
+                ));
+            }
+        }
+    }
+    match (catalog, databases) {
+        (Some(catalog), Some(databases)) if problems.is_empty() => Ok(Loaded {
+            config,
+            catalog,
+            databases,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// Loads the configuration; on failure prints every problem — the job catalog's too, found
+/// through the configuration's best effort, so one run shows everything to fix.
+pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, i32> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        let config = &errors.best_effort;
+        if let Err(problems) = Catalog::load(&config.service.catalog, config.workers.job_timeout) {
+            for problem in problems {
+                eprintln!("forkpool: {problem}");
+            }
+        }
+        EXIT_USAGE
+    })
+}
+
+/// The configuration, the catalog and the databases, or the exit code after every problem
+/// was printed.
+pub(crate) fn load(config: Option<&Path>, handlers: &Handlers) -> Result<Loaded, i32> {
+    check(load_config(config)?, handlers).map_err(|problems| {
+        for problem in problems {
+            eprintln!("forkpool: {problem}");
+        }
+        EXIT_USAGE
+    })
+}
+
+/// `forkpool run` and [`crate::Service::run`]: loads and checks everything, then serves until
+/// stopped; the exit code.
+pub(crate) fn run(config: Option<&Path>, handlers: &Handlers) -> i32 {
+    let loaded = match load(config, handlers) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    raise_descriptor_limit();
+    let handlers = handlers.clone();
+    let reload: Loader = Box::new(move |file: &Path| {
+        let config = Config::load(Some(file)).map_err(|errors| errors.problems.clone())?;
+        check(config, &handlers).map(Loaded::into_generation)
+    });
+    match Master::start(loaded.into_generation(), reload) {
+        Ok(master) => master.run(),
+        Err(problem) => {
+            eprintln!("forkpool: {problem}");
+            EXIT_USAGE
+        }
+    }
+}
+
+/// Every client holds a descriptor in the master; the usual soft limit (1024) would cap the
+/// service near a thousand clients although the hard limit allows far more.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
