@@ -66,11 +66,12 @@ pub(crate) fn check(config: Config, handlers: &Handlers) -> Result<Loaded, Vec<S
             );
             problems.extend(added.err());
         }
-        for job in catalog.jobs().filter(|job| job.handler.is_none()) {
-            if !config.databases.contains_key(&job.database) {
+        for job in catalog.jobs() {
+            let Some(sql) = job.sql() else { continue };
+            if !config.databases.contains_key(&sql.database) {
                 problems.push(format!(
                     "job `{}` uses database `{}`, which has no [databases.{}] section",
-                    job.name, job.database, job.database
+                    job.name, sql.database, sql.database
                 ));
             }
         }

@@ -19,8 +19,12 @@ fn round_trip(client: &mut Client, ty: ParamType, value: Json) -> Json {
     let text = format!("sql = \"SELECT :v::{ty} AS v\"\n[params]\nv = \"{ty}\"");
     let spec = JobSpec::from_toml("round_trip", &text, Duration::from_secs(10)).unwrap();
     let args = json!({ "v": value }).as_object().unwrap().clone();
-    let values = spec.bind(&args).unwrap_or_else(|e| panic!("{ty}: {e}"));
-    let statement = &spec.statements[0];
+    let values = spec
+        .sql()
+        .unwrap()
+        .bind(&args)
+        .unwrap_or_else(|e| panic!("{ty}: {e}"));
+    let statement = &spec.sql().unwrap().statements[0];
     let prepared = client
         .prepare_typed(&statement.sql, &statement.types)
         .unwrap();
@@ -290,9 +294,13 @@ fn a_job_with_several_statements_binds_each_its_own_parameters() {
         b = { type = "text", default = "x" }
     "#;
     let spec = JobSpec::from_toml("multi", text, Duration::from_secs(10)).unwrap();
-    let values = spec.bind(json!({"a": 7}).as_object().unwrap()).unwrap();
+    let values = spec
+        .sql()
+        .unwrap()
+        .bind(json!({"a": 7}).as_object().unwrap())
+        .unwrap();
     let mut answers = Vec::new();
-    for statement in &spec.statements {
+    for statement in &spec.sql().unwrap().statements {
         let prepared = client
             .prepare_typed(&statement.sql, &statement.types)
             .unwrap();

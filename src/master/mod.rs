@@ -661,7 +661,7 @@ impl Master {
         // Checked here so bad arguments never reach a worker; the worker binds them again.
         let checked = serde_json::from_str(args.get())
             .map_err(|e| e.to_string())
-            .and_then(|object| spec.bind(&object).map(drop));
+            .and_then(|object| spec.check_args(&object));
         if let Err(message) = checked {
             let body = ErrorBody::new(ErrorKind::InvalidArgs, message);
             return self.answer_error(client, &id, &body);

@@ -79,15 +79,17 @@ pub fn catalog(catalog: &Catalog) -> Value {
         .jobs()
         .map(|job| {
             let params: Vec<Value> = job
-                .params
+                .sql()
+                .map(|sql| sql.params.as_slice())
+                .unwrap_or_default()
                 .iter()
                 .map(|p| json!({"name": p.name, "type": p.ty.name(), "default": p.default}))
                 .collect();
             json!({
                 "name": job.name,
-                "kind": if job.handler.is_some() { "rust" } else { "sql" },
+                "kind": job.kind_name(),
                 "description": job.description,
-                "database": job.database,
+                "database": job.database(),
                 "timeout_ms": job.timeout.as_millis() as u64,
                 "params": params,
             })

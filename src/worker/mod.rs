@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, JobKind};
 use crate::databases::Databases;
 use crate::ipc::{self, FromWorker, ToWorker};
 use crate::pool::PooledConnection;
@@ -271,16 +271,17 @@ fn run_job(
     let args: Map<String, Value> = serde_json::from_str(job.args.get())
         .map_err(|e| ErrorBody::new(ErrorKind::BadRequest, format!("args: {e}")))?;
     let deadline = job.received + job.timeout;
-    let mut result = match &spec.handler {
-        Some(handler) => {
-            let value = rust_job::run(handler, job.id, &spec.name, &args, deadline, pools)?;
+    let mut result = match &spec.kind {
+        JobKind::Rust(rust) => {
+            let value = rust_job::run(&rust.handler, job.id, &spec.name, &args, deadline, pools)?;
             json!({ "value": value })
         }
-        None => {
-            let pool = pools.get(&spec.database)?;
+        JobKind::Sql(sql) => {
+            let pool = pools.get(&sql.database)?;
             let output = sql_job::run(
                 &pool,
-                spec,
+                &spec.name,
+                sql,
                 &args,
                 deadline,
                 &format!("job {}", job.id),

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::{row_to_json, JobSpec};
+use crate::catalog::{row_to_json, SqlJob};
 use crate::pool::{self, Pool, PooledConnection};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
@@ -28,7 +28,8 @@ pub struct SqlOutput {
 /// The outcome is final before that: a transaction is committed or rolled back here.
 pub fn run(
     pool: &Pool,
-    job: &JobSpec,
+    name: &str,
+    job: &SqlJob,
     args: &Map<String, Value>,
     deadline: Instant,
     label: &str,
@@ -90,10 +91,7 @@ pub fn run(
         .map(|row| row_to_json(row).map(Value::Object))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|message| {
-            ErrorBody::new(
-                ErrorKind::Internal,
-                format!("job `{}`: {message}", job.name),
-            )
+            ErrorBody::new(ErrorKind::Internal, format!("job `{name}`: {message}"))
         })?;
     Ok(SqlOutput {
         rows,
