@@ -83,7 +83,7 @@ def main():
         if top == "master":
             here = room or "mod"
             for name in names(SUPER_PATH.findall(code)):
-                if room is not None and name != here:
+                if room is not None and name != here and (SRC / "master" / f"{name}.rs").exists():
                     rooms.setdefault(here, set()).add(name)
 
     for cycle in cycles(edges):

@@ -1,12 +1,14 @@
-//! One client connection: a non-blocking socket with its partial input line, the answers
-//! not yet written, and when it last did anything (for `service.client_idle_timeout`).
+//! The client connections: each a non-blocking socket with its partial input line, the
+//! answers not yet written, and when it last did anything (for `service.client_idle_timeout`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::admission::Peer;
+use super::earliest_after;
 
 pub type ClientId = u64;
 
@@ -156,5 +158,64 @@ impl fmt::Display for Client {
             Some(Peer { pid, uid, gid }) => write!(f, "client pid {pid} (uid {uid}, gid {gid})"),
             None => f.write_str("client (credentials unknown)"),
         }
+    }
+}
+
+/// The connected clients, by id.
+#[derive(Default)]
+pub struct Clients {
+    connected: HashMap<ClientId, Client>,
+    last_id: ClientId,
+}
+
+impl Clients {
+    /// Holds a client just accepted; its id.
+    pub fn add(&mut self, client: Client) -> ClientId {
+        self.last_id += 1;
+        self.connected.insert(self.last_id, client);
+        self.last_id
+    }
+
+    pub fn get_mut(&mut self, id: ClientId) -> Option<&mut Client> {
+        self.connected.get_mut(&id)
+    }
+
+    /// Forgets a client; dropping it closes its socket.
+    pub fn remove(&mut self, id: ClientId) -> Option<Client> {
+        self.connected.remove(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ClientId, &Client)> {
+        self.connected.iter().map(|(id, client)| (*id, client))
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Client> {
+        self.connected.values_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.connected.len()
+    }
+
+    /// Clients past their idle deadline at `now` (those awaiting a job's answer among them:
+    /// the caller knows the jobs).
+    pub fn idle(&self, timeout: Duration, now: Instant) -> Vec<ClientId> {
+        self.iter()
+            .filter(|(_, c)| c.idle_deadline(timeout).is_some_and(|at| at <= now))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The next idle deadline after `now`. A client with a job in flight may wake the loop
+    /// once for nothing; the sweep then skips it, and its deadline, now past, no longer
+    /// counts.
+    pub fn next_deadline(&self, now: Instant, timeout: Option<Duration>) -> Option<Instant> {
+        let timeout = timeout?;
+        earliest_after(
+            now,
+            self.connected
+                .values()
+                .filter_map(|c| c.idle_deadline(timeout)),
+        )
     }
 }

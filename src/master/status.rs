@@ -1,4 +1,5 @@
-//! The `status` and `jobs` answers, built from the master's own tables.
+//! What the master tells about itself: the `status` and `jobs` answers, built from its own
+//! tables, and the same figures for systemd (READY, STATUS, WATCHDOG).
 
 use std::time::SystemTime;
 
@@ -6,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::Master;
 use crate::catalog::Catalog;
+use crate::systemd::Snapshot;
 
 /// Counters since start.
 #[derive(Default)]
@@ -21,12 +23,11 @@ pub fn build(master: &Master) -> Value {
     let workers: Vec<Value> = master
         .workers
         .iter()
-        .flatten()
         .map(|worker| {
             let current: Vec<Value> = worker
                 .running
                 .iter()
-                .filter_map(|id| master.jobs.table.get(id))
+                .filter_map(|id| master.jobs.get(*id))
                 .map(|job| {
                     let for_ms = job
                         .running
@@ -45,7 +46,7 @@ pub fn build(master: &Master) -> Value {
                 "current": current,
                 "rss_bytes": worker.rss_bytes,
                 "started_at": rfc3339(worker.forked_at),
-                "restarts": master.restarts.get(worker.slot - 1).copied().unwrap_or(0),
+                "restarts": master.workers.restarts(worker.slot),
                 "recycle_after": worker.recycle_after,
                 "pools": worker.pools,
             })
@@ -54,11 +55,11 @@ pub fn build(master: &Master) -> Value {
     json!({
         "pid": std::process::id(),
         "uptime_s": master.started.elapsed().as_secs_f64(),
-        "stopping": master.stopping.is_some(),
+        "stopping": master.control.stopping(),
         "generation": master.generation,
         "workers": workers,
-        "target_workers": master.target,
-        "queue": {"depth": master.jobs.queue.len(), "limit": master.config.service.queue_limit},
+        "target_workers": master.size.target(),
+        "queue": {"depth": master.jobs.queued_count(), "limit": master.config.service.queue_limit},
         "running": master.jobs.running_count(),
         // An average since start; for a windowed rate, scrape `--prometheus` and let
         // `rate()` work on the counters.
@@ -100,4 +101,20 @@ pub fn catalog(catalog: &Catalog) -> Value {
 
 fn rfc3339(at: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Master {
+    /// Tells systemd what is due this turn: WATCHDOG=1 (only a loop that turns sends it),
+    /// READY=1 once the current generation's workers all serve (at start, after a reload),
+    /// STATUS= every few seconds.
+    pub(super) fn notify_systemd(&mut self) {
+        let snapshot = Snapshot {
+            serving_current: self.workers.serving_in(self.generation),
+            target: self.size.wanted(),
+            queue_depth: self.jobs.queued_count(),
+            finished_jobs: self.totals.succeeded + self.totals.failed,
+            stopping: self.control.stopping(),
+        };
+        self.systemd.tick(std::time::Instant::now(), &snapshot);
+    }
 }

@@ -1,4 +1,5 @@
-//! The master's view of one worker process, and forking a new one.
+//! The master's view of its worker processes: one [`Worker`] per process (its channel, its
+//! lifecycle, what it runs, forking it) and the [`WorkerTable`] of slots that holds them.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -6,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -228,5 +230,100 @@ impl Worker {
             Lifecycle::Retiring => "retiring",
             Lifecycle::Stopping => "stopping",
         }
+    }
+}
+
+/// The worker slots. A slot's number is its index + 1; a slot keeps its number and its
+/// restart count across the processes that fill it.
+#[derive(Default)]
+pub struct WorkerTable {
+    slots: Vec<Option<Worker>>,
+    /// Restarts per slot, for `status`.
+    restarts: Vec<u32>,
+}
+
+impl WorkerTable {
+    pub fn get(&self, slot: usize) -> Option<&Worker> {
+        self.slots.get(slot.checked_sub(1)?)?.as_ref()
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Worker> {
+        self.slots.get_mut(slot.checked_sub(1)?)?.as_mut()
+    }
+
+    /// Every worker process, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = &Worker> {
+        self.slots.iter().flatten()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// The workers that count toward the size: booting or serving (not retiring or stopping).
+    pub fn serving(&self) -> impl Iterator<Item = &Worker> {
+        self.iter()
+            .filter(|w| matches!(w.lifecycle, Lifecycle::Booting | Lifecycle::Serving))
+    }
+
+    /// Whether a worker is booting: growth and replacement wait for it, one boot at a time.
+    pub fn any_booting(&self) -> bool {
+        self.iter().any(|w| w.lifecycle == Lifecycle::Booting)
+    }
+
+    /// Serving workers forked with configuration `generation` (READY=1 waits for them all).
+    pub fn serving_in(&self, generation: u64) -> usize {
+        self.iter()
+            .filter(|w| w.lifecycle == Lifecycle::Serving && w.generation == generation)
+            .count()
+    }
+
+    /// No worker process is left.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// The least busy worker with room for one more job (the lowest slot among equals).
+    pub fn least_busy_with_room(&self, threads: usize) -> Option<usize> {
+        self.iter()
+            .filter(|w| w.has_room(threads))
+            .min_by_key(|w| w.running.len())
+            .map(|w| w.slot)
+    }
+
+    /// The lowest empty slot, a new one if every slot is taken.
+    pub fn free_slot(&mut self) -> usize {
+        match self.slots.iter().position(Option::is_none) {
+            Some(index) => index + 1,
+            None => {
+                self.slots.push(None);
+                self.restarts.push(0);
+                self.slots.len()
+            }
+        }
+    }
+
+    /// Puts a forked worker in its slot (from [`WorkerTable::free_slot`]).
+    pub fn insert(&mut self, worker: Worker) {
+        let index = worker.slot - 1;
+        self.slots[index] = Some(worker);
+    }
+
+    /// Takes the worker of process `pid` out of its slot (it exited).
+    pub fn take_pid(&mut self, pid: Pid) -> Option<Worker> {
+        self.slots
+            .iter_mut()
+            .find(|w| w.as_ref().is_some_and(|w| w.pid == pid))?
+            .take()
+    }
+
+    pub fn count_restart(&mut self, slot: usize) {
+        if let Some(restarts) = self.restarts.get_mut(slot - 1) {
+            *restarts += 1;
+        }
+    }
+
+    pub fn restarts(&self, slot: usize) -> u32 {
+        self.restarts.get(slot - 1).copied().unwrap_or(0)
     }
 }

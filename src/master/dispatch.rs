@@ -1,0 +1,121 @@
+//! Dispatch: accepted jobs queue here, go to a worker with room, and leave with exactly one
+//! answer. The next job for a free slot is chosen in one place, [`Master::next_job_for`],
+//! where a second source of work can plug in.
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::clients::ClientId;
+use super::jobs::Job;
+use super::Master;
+use crate::ipc::ToWorker;
+use crate::protocol::{self, ErrorBody, ErrorKind};
+
+impl Master {
+    /// Checks a `run` request and queues it; from here on it gets exactly one answer.
+    pub(super) fn accept_job(
+        &mut self,
+        client: ClientId,
+        id: Box<RawValue>,
+        name: &str,
+        args: Box<RawValue>,
+        timeout_ms: Option<u64>,
+    ) {
+        if self.control.stopping() {
+            let body = ErrorBody::new(ErrorKind::ShuttingDown, "the service is stopping");
+            return self.answer_error(client, &id, &body);
+        }
+        let Some(spec) = self.catalog.get(name).cloned() else {
+            let known: Vec<&str> = self.catalog.names().collect();
+            let body = ErrorBody::new(
+                ErrorKind::UnknownJob,
+                format!("no job named `{name}` (jobs: {})", known.join(", ")),
+            );
+            return self.answer_error(client, &id, &body);
+        };
+        // Checked here so bad arguments never reach a worker; the worker binds them again.
+        let checked = serde_json::from_str(args.get())
+            .map_err(|e| e.to_string())
+            .and_then(|object| spec.check_args(&object));
+        if let Err(message) = checked {
+            let body = ErrorBody::new(ErrorKind::InvalidArgs, message);
+            return self.answer_error(client, &id, &body);
+        }
+        if self.jobs.queued_count() >= self.config.service.queue_limit {
+            let body = ErrorBody::new(
+                ErrorKind::QueueFull,
+                format!(
+                    "the queue holds service.queue_limit = {} jobs; try again later",
+                    self.config.service.queue_limit
+                ),
+            );
+            return self.answer_error(client, &id, &body);
+        }
+        let timeout = match timeout_ms {
+            Some(ms) => spec.timeout.min(Duration::from_millis(ms)),
+            None => spec.timeout,
+        };
+        let job_id = self.jobs.next_id();
+        self.totals.accepted += 1;
+        self.jobs.enqueue(Job {
+            id: job_id,
+            client,
+            request_id: id,
+            spec,
+            args,
+            timeout,
+            running: None,
+            retried: false,
+        });
+    }
+
+    /// Answers an accepted job and forgets it. The one place a job leaves the master.
+    pub(super) fn finish_job(&mut self, job_id: u64, ok: bool, body: &str) {
+        let Some(job) = self.jobs.remove(job_id) else {
+            return;
+        };
+        if ok {
+            self.totals.succeeded += 1;
+            self.answer(job.client, &protocol::ok_line(&job.request_id, body));
+        } else {
+            self.totals.failed += 1;
+            self.answer(job.client, &protocol::error_line(&job.request_id, body));
+        }
+    }
+
+    pub(super) fn fail_job(&mut self, job_id: u64, body: ErrorBody) {
+        self.finish_job(job_id, false, &body.to_json());
+    }
+
+    /// Hands queued jobs to workers with room, the least busy first.
+    pub(super) fn dispatch_jobs(&mut self) {
+        let threads = self.config.workers.threads;
+        while let Some(slot) = self.workers.least_busy_with_room(threads) {
+            let Some(job_id) = self.next_job_for(slot) else {
+                return;
+            };
+            self.send_job(slot, job_id);
+        }
+    }
+
+    /// The next job for a worker slot with room: the head of the queue.
+    fn next_job_for(&mut self, _slot: usize) -> Option<u64> {
+        self.jobs.pop_queued()
+    }
+
+    /// Starts a job taken off the queue on `slot`.
+    fn send_job(&mut self, slot: usize, job_id: u64) {
+        let (Some(job), Some(worker)) = (self.jobs.start(job_id, slot), self.workers.get_mut(slot))
+        else {
+            return;
+        };
+        worker.assign(job_id);
+        worker.send(&ToWorker::Run {
+            job_id,
+            job: job.spec.name.clone(),
+            args: job.args.clone(),
+            timeout_ms: job.timeout.as_millis() as u64,
+        });
+    }
+}
