@@ -8,11 +8,14 @@
 mod budget;
 mod connection;
 mod conninfo;
+mod endpoint;
 mod error;
 mod notifications;
+mod guard;
 #[allow(clippy::module_inception)]
 mod pool;
 mod settings;
+mod state;
 mod stats;
 mod tls;
 
@@ -20,6 +23,7 @@ pub use budget::check_connection_budget;
 pub use conninfo::{ConnInfo, SslMode};
 pub use error::{DbError, Error};
 pub use notifications::Notification;
-pub use pool::{Pool, PooledConnection};
+pub use guard::PooledConnection;
+pub use pool::Pool;
 pub use settings::{PoolSettings, ResetOnReturn};
 pub use stats::PoolStats;

@@ -1,0 +1,129 @@
+use super::*;
+
+#[test]
+fn key_value_string_with_quotes_and_spaces() {
+    let info = ConnInfo::parse(
+        "host=db.example port = 6543 user=app password='it''s \\'secret\\'' dbname=main sslmode=verify-full",
+    );
+    // libpq has no '' escape: the quoted value ends at the second quote.
+    assert!(info.is_err());
+    let info = ConnInfo::parse(
+        "host=db.example port = 6543 user=app password='s p\\'c' dbname=main sslmode=verify-full",
+    )
+    .unwrap();
+    assert_eq!(info.host.as_deref(), Some("db.example"));
+    assert_eq!(info.port, Some(6543));
+    assert_eq!(info.password.as_deref(), Some("s p'c"));
+    assert_eq!(info.sslmode, Some(SslMode::VerifyFull));
+}
+
+#[test]
+fn url_with_everything() {
+    let info = ConnInfo::parse(
+        "postgresql://app:p%40ss@[::1]:5433/main?sslmode=require&application_name=x&connect_timeout=3",
+    )
+    .unwrap();
+    assert_eq!(info.user.as_deref(), Some("app"));
+    assert_eq!(info.password.as_deref(), Some("p@ss"));
+    assert_eq!(info.host.as_deref(), Some("::1"));
+    assert_eq!(info.port, Some(5433));
+    assert_eq!(info.dbname.as_deref(), Some("main"));
+    assert_eq!(info.sslmode, Some(SslMode::Require));
+    assert_eq!(info.application_name.as_deref(), Some("x"));
+    assert_eq!(info.connect_timeout, Some(Duration::from_secs(3)));
+}
+
+#[test]
+fn url_with_socket_directory_host() {
+    let info = ConnInfo::parse("postgres://%2Fvar%2Frun%2Fpostgresql/app").unwrap();
+    assert_eq!(info.host.as_deref(), Some("/var/run/postgresql"));
+    assert!(info.is_unix_socket());
+    let info = ConnInfo::parse("postgres:///app?host=/tmp&port=5499").unwrap();
+    assert_eq!(info.host.as_deref(), Some("/tmp"));
+    assert_eq!(info.port, Some(5499));
+}
+
+#[test]
+fn errors_name_the_bad_key() {
+    let error = ConnInfo::parse("host=x sslcompression=1").unwrap_err();
+    assert!(error.to_string().contains("\"sslcompression\""), "{error}");
+    let error = ConnInfo::parse("port=abc").unwrap_err();
+    assert!(error.to_string().contains("port"), "{error}");
+    let error = ConnInfo::parse("postgres://h/db?sslmode=sometimes").unwrap_err();
+    assert!(error.to_string().contains("sslmode"), "{error}");
+    let error = ConnInfo::parse("host").unwrap_err();
+    assert!(error.to_string().contains("\"host\""), "{error}");
+}
+
+#[test]
+fn env_fills_only_what_the_string_left_out_then_defaults() {
+    let env = |name: &str| match name {
+        "PGHOST" => Some("envhost".to_string()),
+        "PGPORT" => Some("7000".to_string()),
+        "PGUSER" => Some("envuser".to_string()),
+        "PGPASSWORD" => Some("envpass".to_string()),
+        "PGSSLMODE" => Some("verify-ca".to_string()),
+        "PGCONNECT_TIMEOUT" => Some("9".to_string()),
+        _ => None,
+    };
+    let info = ConnInfo::parse("host=given").unwrap().with_env(env);
+    assert_eq!(info.host.as_deref(), Some("given"));
+    assert_eq!(info.port, Some(7000));
+    assert_eq!(info.user.as_deref(), Some("envuser"));
+    assert_eq!(
+        info.dbname.as_deref(),
+        Some("envuser"),
+        "dbname defaults to the user"
+    );
+    assert_eq!(info.password.as_deref(), Some("envpass"));
+    assert_eq!(info.sslmode, Some(SslMode::VerifyCa));
+    assert_eq!(info.connect_timeout, Some(Duration::from_secs(9)));
+
+    let info = ConnInfo::default().with_env(|_| None);
+    assert!(info.is_unix_socket());
+    assert_eq!(info.port, Some(5432));
+    assert_eq!(info.sslmode, Some(SslMode::Prefer));
+    assert!(info.user.is_some());
+}
+
+#[test]
+fn password_file_first_line_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pw");
+    std::fs::write(&path, "  s3cret \nsecond line\n").unwrap();
+    let info = ConnInfo::parse("host=h password=old")
+        .unwrap()
+        .with_password_file(&path)
+        .unwrap();
+    assert_eq!(info.password.as_deref(), Some("s3cret"));
+    let missing = ConnInfo::default().with_password_file(&dir.path().join("none"));
+    assert!(missing.unwrap_err().to_string().contains("password_file"));
+}
+
+#[test]
+fn debug_and_display_never_show_the_password() {
+    let info = ConnInfo::parse("postgres://app:hunter2-xyz@db/main").unwrap();
+    for text in [format!("{info}"), format!("{info:?}"), format!("{info:#?}")] {
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("password=********"), "{text}");
+    }
+    let reparsed = ConnInfo::parse(&info.to_string()).unwrap();
+    assert_eq!(reparsed.host, info.host);
+}
+
+#[test]
+fn masked_hides_the_password_of_any_connection_string() {
+    assert_eq!(
+        ConnInfo::masked("postgresql://app:hunter2-xyz@db:5433/main"),
+        "host=db port=5433 user=app password=******** dbname=main"
+    );
+    assert_eq!(
+        ConnInfo::masked("host=db password=hunter2-xyz"),
+        "host=db password=********"
+    );
+    assert_eq!(ConnInfo::masked("host=db"), "host=db");
+    // Unparsable: maybe a password in a form we do not know, so nothing of it is shown.
+    let text = ConnInfo::masked("host=db password=hunter2-xyz sslcompression=1");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("sslcompression"), "{text}");
+}
