@@ -2,7 +2,7 @@
 //! within `count..=max`, and, with `workers.idle_timeout` set, grown under load and shrunk
 //! back when idle. The decision is [`plan`], a pure function unit-tested without a process.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
@@ -66,9 +66,14 @@ pub fn plan(size: &Size, load: &Load, config: &WorkersConfig) -> Action {
         return Action::Nothing;
     }
     match load.longest_idle {
-        Some((since, slot)) if load.now >= since + idle_timeout => Action::Shrink(slot),
+        Some((since, slot)) if load.now >= retire_at(since, idle_timeout) => Action::Shrink(slot),
         _ => Action::Nothing,
     }
+}
+
+/// When a grown worker idle since `since` is due to retire.
+fn retire_at(since: Instant, idle_timeout: Duration) -> Instant {
+    since + idle_timeout
 }
 
 impl Size {
@@ -92,7 +97,10 @@ impl Size {
         config: &WorkersConfig,
     ) -> Option<Instant> {
         let idle = config.idle_timeout.filter(|_| self.grown > 0)?;
-        earliest_after(now, longest_idle(workers).map(|(since, _)| since + idle))
+        earliest_after(
+            now,
+            longest_idle(workers).map(|(since, _)| retire_at(since, idle)),
+        )
     }
 }
 
@@ -180,7 +188,6 @@ impl Master {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     const IDLE: Duration = Duration::from_secs(30);
 
