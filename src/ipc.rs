@@ -24,6 +24,13 @@ pub enum ToWorker {
         args: Box<RawValue>,
         timeout_ms: u64,
     },
+    /// Claim one durable job and run it (DESIGN §12): sent only to a slot that is free, so
+    /// a worker never holds a durable job it is not running. Queues in `excluded_queues`
+    /// are at their `[queue.limits]` cap on this host.
+    Claim {
+        claim_id: u64,
+        excluded_queues: Vec<String>,
+    },
     /// Stop: finish the jobs already received, close pools, exit. (A fast stop is SIGINT:
     /// a worker busy with a long query would read no frame until it ends.)
     Stop,
@@ -42,6 +49,106 @@ pub enum FromWorker {
     },
     /// Sent every tick: liveness, memory, and the pools' statistics for `status`.
     Heartbeat { rss_bytes: u64, pools: Value },
+    /// What a claim took: `None` when nothing was runnable (or the claim failed: `error`).
+    /// The slot stays busy until `Settled` when a job was taken.
+    Claimed {
+        claim_id: u64,
+        job: Option<ClaimedJob>,
+        error: Option<String>,
+    },
+    /// The claimed job was settled one way (`completed`, `retry`, `discarded`, `cancelled`,
+    /// `released` by a stop, or `lost`: rescued meanwhile); its slot is free.
+    Settled {
+        claim_id: u64,
+        job_id: i64,
+        outcome: String,
+    },
+}
+
+/// A durable job a worker claimed, as the master tracks it while it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimedJob {
+    pub job_id: i64,
+    pub job: String,
+    pub queue: String,
+    pub attempt: i32,
+    /// The job's own timeout: past it plus the grace, the master kills the worker.
+    pub timeout_ms: u64,
+}
+
+/// What the master asks the queue keeper (DESIGN §12); each request is answered once.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToKeeper {
+    /// Store a job; `args` is the request's object as the client sent it.
+    Enqueue {
+        request: u64,
+        job: String,
+        args: Box<RawValue>,
+        options: EnqueueOptions,
+    },
+    /// A `result` read of the job as it is now.
+    Read {
+        request: u64,
+        job_id: i64,
+    },
+    Cancel {
+        request: u64,
+        job_id: i64,
+    },
+    /// A worker of this instance died: make its jobs runnable again now.
+    RescueWorker {
+        worker: i64,
+        why: String,
+    },
+    /// Every worker is gone: put back what this instance still holds, then exit.
+    Stop,
+    /// Exit without touching the jobs (a reload replaces the keeper; workers still run).
+    Exit,
+}
+
+/// An enqueue's optional fields, as the request gave them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EnqueueOptions {
+    pub queue: Option<String>,
+    pub priority: Option<i32>,
+    pub run_at: Option<String>,
+    pub delay_ms: Option<u64>,
+    pub max_attempts: Option<i32>,
+    pub unique_key: Option<String>,
+}
+
+/// What the queue keeper tells the master.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromKeeper {
+    /// The schema is usable: durable work may be claimed.
+    Ready {
+        schema_version: i32,
+    },
+    /// Durable jobs wait (database unreachable, schema too old or too new): why.
+    Unready {
+        why: String,
+    },
+    /// One request's answer: the result object when `ok`, else the error object;
+    /// `finished` when a `result` read found the job in a final state (or not found).
+    Answer {
+        request: u64,
+        ok: bool,
+        body: Box<RawValue>,
+        finished: bool,
+    },
+    /// Jobs may be waiting (a NOTIFY, a reconnect, a rescue): idle slots should claim.
+    Wake,
+    /// Jobs taken back from a dead worker, for the counters.
+    Rescued {
+        count: u64,
+    },
+    /// Jobs by queue and state, for `status`.
+    Counts {
+        queues: Value,
+    },
+    Heartbeat {
+        rss_bytes: u64,
+    },
 }
 
 /// Encodes one frame: little-endian u32 length, then the JSON.

@@ -48,6 +48,7 @@ pub(crate) mod databases;
 mod exit;
 pub mod handler;
 pub(crate) mod ipc;
+pub(crate) mod keeper;
 pub(crate) mod master;
 // The pool's types a handler touches are re-exported from `handler`, where they are part of
 // the API; a few of their methods and fields still lack docs in src/pool (issue 8's note

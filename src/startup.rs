@@ -5,16 +5,18 @@
 //! calls the same check.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::databases::{self, Databases};
 use crate::exit::EXIT_USAGE;
 use crate::handler::Handlers;
-use crate::master::{Generation, Loader, Master, WorkerMain};
+use crate::keeper::{self, KeeperSetup};
+use crate::master::{Generation, KeeperMain, Loader, Master, WorkerMain};
 use crate::pool;
-use crate::worker::{self, WorkerSetup};
+use crate::queue::claim::Holder;
+use crate::worker::{self, DurableSetup, WorkerSetup};
 
 /// Everything a service runs from, checked.
 pub(crate) struct Loaded {
@@ -24,28 +26,92 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// What the master holds: the configuration and catalog it reads itself, and the worker
-    /// entry that carries the databases to the workers (the master never sees them).
+    /// What the master holds: the configuration and catalog it reads itself, and the entries
+    /// that carry the databases to the workers and the queue keeper (the master never sees
+    /// them).
     fn into_generation(self) -> Generation {
         let catalog = Arc::new(self.catalog);
         let databases = Arc::new(self.databases);
-        let threads = self.config.workers.threads;
+        let config = Arc::new(self.config);
+        let durable = durable_identity(&config);
+        let threads = config.workers.threads;
         let worker_catalog = Arc::clone(&catalog);
-        let worker_main: WorkerMain = Arc::new(move |channel, master, slot| {
+        let worker_databases = Arc::clone(&databases);
+        let lease = config.queue.lease;
+        let worker_durable = durable.clone();
+        let worker_main: WorkerMain = Arc::new(move |channel, master, slot, number| {
+            let durable = worker_durable.as_ref().map(|(database, host, instance)| {
+                Arc::new(DurableSetup {
+                    holder: Holder {
+                        host: host.clone(),
+                        instance: *instance,
+                        worker: number as i64,
+                    },
+                    database: database.clone(),
+                    lease,
+                    jobs: worker_catalog.names().map(str::to_string).collect(),
+                })
+            });
             let setup = WorkerSetup {
                 slot,
                 threads,
                 catalog: Arc::clone(&worker_catalog),
-                databases: Arc::clone(&databases),
+                databases: Arc::clone(&worker_databases),
+                durable,
             };
             worker::run(channel, master, setup)
         });
+        let keeper_main: Option<KeeperMain> = durable.map(|(database, host, instance)| {
+            let catalog = Arc::clone(&catalog);
+            let config = Arc::clone(&config);
+            let main: KeeperMain = Arc::new(move |channel, master| {
+                let setup = KeeperSetup {
+                    catalog: Arc::clone(&catalog),
+                    databases: Arc::clone(&databases),
+                    queue: config.queue.clone(),
+                    database: database.clone(),
+                    host: host.clone(),
+                    instance,
+                };
+                keeper::run(channel, master, setup)
+            });
+            main
+        });
         Generation {
-            config: Arc::new(self.config),
+            config,
             catalog,
             worker_main,
+            keeper_main,
         }
     }
+}
+
+/// Where durable jobs live and who this service is in their table: `queue.database`, the
+/// host's stable identity and this process's instance; `None` when durable jobs are off.
+fn durable_identity(config: &Config) -> Option<(String, String, i64)> {
+    let database = config.queue.database.clone()?;
+    let host = config.queue.host_id.clone().unwrap_or_else(|| {
+        // The socket path tells apart two services on one machine; both are stable across
+        // restarts, so a restarted service recognises the jobs its earlier instance held.
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string());
+        format!("{hostname}:{}", config.service.socket.display())
+    });
+    Some((database, host, instance_id()))
+}
+
+/// This master process's instance number: drawn once per process (a reload keeps it), so the
+/// jobs of an earlier, killed instance of the same host are told apart from this one's.
+fn instance_id() -> i64 {
+    static INSTANCE: OnceLock<i64> = OnceLock::new();
+    *INSTANCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mixed = fastrand::u64(..) ^ nanos ^ (u64::from(std::process::id()) << 40);
+        (mixed & (i64::MAX as u64)) as i64
+    })
 }
 
 /// Checks what the configuration names — its databases, the job files and the Rust handlers

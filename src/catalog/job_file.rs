@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value as Json;
 
 use super::{
-    opens_transaction, rewrite, JobKind, JobSpec, ParamSpec, ParamType, SqlJob, SqlStatement,
-    SqlValue,
+    opens_transaction, rewrite, DurablePolicy, JobKind, JobSpec, ParamSpec, ParamType, SqlJob,
+    SqlStatement, SqlValue,
 };
 
 /// Default for `max_rows`.
@@ -30,6 +30,11 @@ struct JobFile {
     transaction: Option<bool>,
     max_rows: Option<usize>,
     retry_on_worker_lost: Option<bool>,
+    queue: Option<String>,
+    priority: Option<i32>,
+    max_attempts: Option<i32>,
+    retry_backoff: Option<String>,
+    retry_backoff_max: Option<String>,
     sql: Option<toml::Value>,
     #[serde(default)]
     params: ParamsInFileOrder,
@@ -86,6 +91,7 @@ impl JobSpec {
                 }
             },
         };
+        let durable = durable_policy(&file, &mut errors);
         let max_rows = file.max_rows.unwrap_or(DEFAULT_MAX_ROWS);
         if max_rows == 0 {
             errors.push("max_rows: must be at least 1".to_string());
@@ -130,6 +136,7 @@ impl JobSpec {
             description: file.description,
             timeout,
             retry_on_worker_lost: file.retry_on_worker_lost.unwrap_or(false),
+            durable,
             kind: JobKind::Sql(SqlJob {
                 database,
                 transaction: file.transaction.unwrap_or(true),
@@ -316,4 +323,54 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
         }
         None => error.message().to_string(),
     }
+}
+
+/// The durable-run keys, each checked; defaults from [`DurablePolicy::default`].
+fn durable_policy(file: &JobFile, errors: &mut Vec<String>) -> DurablePolicy {
+    let mut policy = DurablePolicy::default();
+    if let Some(queue) = &file.queue {
+        if queue.is_empty() {
+            errors.push("queue: must name a queue (the default is \"default\")".to_string());
+        } else {
+            policy.queue = queue.clone();
+        }
+    }
+    if let Some(priority) = file.priority {
+        policy.priority = priority;
+    }
+    if let Some(max_attempts) = file.max_attempts {
+        if max_attempts < 1 {
+            errors.push("max_attempts: must be at least 1".to_string());
+        } else {
+            policy.max_attempts = max_attempts;
+        }
+    }
+    let mut backoff = |key: &str, written: &Option<String>, into: &mut Duration| {
+        if let Some(written) = written {
+            match humantime::parse_duration(written) {
+                Ok(delay) => *into = delay,
+                Err(e) => errors.push(format!(
+                    "{key}: {written:?} is not a duration ({e}); write e.g. \"1s\""
+                )),
+            }
+        }
+    };
+    backoff(
+        "retry_backoff",
+        &file.retry_backoff,
+        &mut policy.retry_backoff,
+    );
+    backoff(
+        "retry_backoff_max",
+        &file.retry_backoff_max,
+        &mut policy.retry_backoff_max,
+    );
+    if policy.retry_backoff > policy.retry_backoff_max {
+        errors.push(format!(
+            "retry_backoff ({}) is above retry_backoff_max ({})",
+            humantime::format_duration(policy.retry_backoff),
+            humantime::format_duration(policy.retry_backoff_max)
+        ));
+    }
+    policy
 }

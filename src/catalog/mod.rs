@@ -44,7 +44,38 @@ pub struct JobSpec {
     /// Default false: a job that is safe to run twice may be re-run once on another worker
     /// when its worker dies.
     pub retry_on_worker_lost: bool,
+    /// How the job runs when it is enqueued as a durable job (DESIGN §12).
+    pub durable: DurablePolicy,
     pub kind: JobKind,
+}
+
+/// A job's durable-run settings: the job file's `queue`, `priority`, `max_attempts`,
+/// `retry_backoff` and `retry_backoff_max`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurablePolicy {
+    pub queue: String,
+    /// Lower runs first.
+    pub priority: i32,
+    pub max_attempts: i32,
+    /// The first retry's delay; each next one doubles, up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for DurablePolicy {
+    fn default() -> Self {
+        DurablePolicy {
+            queue: "default".to_string(),
+            priority: 0,
+            // River's and Oban's default (25 and 20): a day or more of retries with backoff,
+            // enough to outlast an outage, not a poison job forever.
+            max_attempts: 20,
+            // Short enough that a blip costs a second; the doubling spaces out the rest.
+            retry_backoff: Duration::from_secs(1),
+            // An hour: past that, waiting longer rarely helps and delays the discard.
+            retry_backoff_max: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// A job file's statements, or a handler written in Rust.
@@ -185,6 +216,7 @@ impl Catalog {
             description: options.description.clone(),
             timeout: options.timeout.unwrap_or(default_timeout),
             retry_on_worker_lost: options.retry_on_worker_lost,
+            durable: DurablePolicy::default(),
             kind: JobKind::Rust(RustJob { handler }),
         };
         self.jobs.insert(name.to_string(), Arc::new(spec));

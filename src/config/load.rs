@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use figment::value::Value;
 
 use super::layers::{self, Origin, Setting};
+use super::queue::{check_database, set_queue, QUEUE_KEYS};
 use super::values;
-use super::{Config, ConfigErrors, DatabaseConfig, ServiceConfig, WorkersConfig};
+use super::{Config, ConfigErrors, DatabaseConfig, QueueConfig, ServiceConfig, WorkersConfig};
 
 /// How the file path was chosen, so "no config file" can say what to change.
 #[derive(Debug, Clone, Copy)]
@@ -19,7 +20,7 @@ pub enum FoundBy {
     Caller,
 }
 
-const SECTIONS: &[&str] = &["service", "workers", "databases"];
+const SECTIONS: &[&str] = &["service", "workers", "databases", "queue"];
 
 const SERVICE_KEYS: &[&str] = &[
     "socket",
@@ -128,7 +129,8 @@ pub fn keys_with_passwords(text: &str) -> Vec<String> {
 /// unknown section stops at its own name so it is reported once.
 fn key_depth(section: &str) -> usize {
     match section {
-        "databases" => 3,
+        // `queue.limits.NAME`; the other `queue.KEY`s stop at two by themselves.
+        "databases" | "queue" => 3,
         s if SECTIONS.contains(&s) => 2,
         _ => 1,
     }
@@ -155,6 +157,7 @@ struct Loader {
     service: ServiceConfig,
     workers: WorkersConfig,
     databases: BTreeMap<String, DatabaseConfig>,
+    queue: QueueConfig,
     /// Where each key's current value came from, for the cross-key messages.
     origins: HashMap<String, Origin>,
     /// Keys whose value was wrong: cross-key checks skip them rather than report twice.
@@ -169,6 +172,7 @@ impl Loader {
             service: ServiceConfig::default(),
             workers: WorkersConfig::default(),
             databases: BTreeMap::new(),
+            queue: QueueConfig::default(),
             origins: HashMap::new(),
             failed: HashSet::new(),
             problems: Vec::new(),
@@ -194,6 +198,12 @@ impl Loader {
             [section] if SECTIONS.contains(section) => expect_table(&value),
             ["service", key] => set_service(&mut self.service, key, &value),
             ["workers", key] => set_workers(&mut self.workers, key, &value),
+            ["queue", "limits"] => expect_table(&value),
+            ["queue", key] => set_queue(&mut self.queue, key, None, &value).map_err(|fault| {
+                fault.map_or(Fault::Unknown(closest(key, QUEUE_KEYS)), Fault::Bad)
+            }),
+            ["queue", "limits", name] => set_queue(&mut self.queue, "limits", Some(name), &value)
+                .map_err(|fault| fault.map_or(Fault::Unknown(None), Fault::Bad)),
             ["databases", name] => expect_table(&value).inspect(|()| {
                 self.databases.entry(name.to_string()).or_default();
             }),
@@ -316,6 +326,14 @@ impl Loader {
         self.databases = databases;
     }
 
+    /// `queue.database` names a configured database (see [`check_database`]).
+    fn check_queue(&mut self) {
+        let known: Vec<String> = self.databases.keys().cloned().collect();
+        let set = self.origins.contains_key("queue.database");
+        let outcome = check_database(&mut self.queue, &known, set);
+        self.check(outcome.is_ok(), "queue.database", &[], || outcome.unwrap_err());
+    }
+
     /// Makes relative paths relative to the file's directory, so every command given the
     /// same file agrees on the socket and the catalog whatever its working directory. The
     /// directory is canonicalized (`..` and symlinked directories resolved by the system);
@@ -347,12 +365,14 @@ impl Loader {
         self.check_service();
         self.check_workers();
         self.check_databases();
+        self.check_queue();
         let file = self.resolve_paths();
         let config = Config {
             file,
             service: self.service,
             workers: self.workers,
             databases: self.databases,
+            queue: self.queue,
         };
         if !self.problems.is_empty() {
             return Err(ConfigErrors {

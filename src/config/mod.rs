@@ -7,6 +7,7 @@
 
 mod layers;
 mod load;
+mod queue;
 mod values;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::pool::ResetOnReturn;
+pub use queue::{Migrate, QueueConfig};
 
 /// Where the configuration is looked for when neither `--config` nor `$FORKPOOL_CONFIG`
 /// names a file (relative to the current directory).
@@ -33,6 +35,8 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// One pool per entry, per worker. `main` is only a convention: a job names its database.
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// Durable jobs (DESIGN §12).
+    pub queue: QueueConfig,
 }
 
 /// `[service]`: the socket clients talk to and the master's limits.
@@ -355,6 +359,7 @@ mod tests {
             service: ServiceConfig::default(),
             workers: WorkersConfig::default(),
             databases: BTreeMap::new(),
+            queue: QueueConfig::default(),
         };
         let urls = [
             "postgresql://app:hunter2-xyz@db/main",

@@ -143,6 +143,7 @@ impl Master {
                 config,
                 catalog,
                 worker_main,
+                keeper_main,
             }) => {
                 if config.service.socket != self.config.service.socket {
                     warn!("service.socket changed: a restart is needed to move the socket");
@@ -151,6 +152,10 @@ impl Master {
                 self.config = config;
                 self.catalog = catalog;
                 self.worker_main = worker_main;
+                // The keeper holds the catalog's defaults and the queue settings: a new one
+                // starts with the new generation (the workers' jobs are not touched).
+                self.durable.keeper.tell_to_stop(crate::ipc::ToKeeper::Exit);
+                self.keeper_main = keeper_main;
                 self.generation += 1;
                 info!(
                     "reload accepted (generation {}); replacing workers one by one",
@@ -166,7 +171,7 @@ impl Master {
         if let Phase::Finishing { deadline } = self.control.phase {
             if now >= deadline {
                 self.control.phase = Phase::Terminating { told: None };
-            } else if self.jobs.is_empty() {
+            } else if self.jobs.is_empty() && self.durable.in_flight() == 0 {
                 self.stop_workers(false);
                 self.control.phase = Phase::Draining {
                     deadline,
@@ -189,6 +194,11 @@ impl Master {
             if now >= kill_at {
                 self.kill_remaining_workers();
             }
+        }
+        // Last: with every worker gone, the keeper puts back what this instance still holds
+        // (interrupted by the stop: attempts not spent), then exits.
+        if self.control.stopping() && self.workers.is_empty() && !self.durable.keeper.is_gone() {
+            self.durable.keeper.tell_to_stop(crate::ipc::ToKeeper::Stop);
         }
     }
 }

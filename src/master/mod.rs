@@ -28,7 +28,10 @@ mod admission;
 mod clients;
 mod control;
 mod dispatch;
+mod durable;
+mod durable_requests;
 mod jobs;
+mod keeper;
 mod listener;
 mod requests;
 mod scaling;
@@ -54,6 +57,8 @@ use crate::config::Config;
 use crate::systemd::{self, Notifier};
 use clients::{ClientId, Clients};
 use control::Control;
+use durable::Durable;
+use durable_requests::DurableRequests;
 use jobs::Jobs;
 use listener::Listener;
 use scaling::Size;
@@ -64,10 +69,15 @@ use workers::WorkerTable;
 /// The longest the loop sleeps: timers are checked at least this often.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// What a forked child runs as its worker: given its end of the job channel, the master's pid
-/// and its slot, it never returns (the exit code is for the type). The layer above the master
-/// supplies it, so the master imports neither the worker nor the pool.
-pub type WorkerMain = Arc<dyn Fn(UnixStream, Pid, usize) -> i32>;
+/// What a forked child runs as its worker: given its end of the job channel, the master's pid,
+/// its slot and its number (never reused within this master's life: durable jobs name their
+/// worker by it), it never returns (the exit code is for the type). The layer above the
+/// master supplies it, so the master imports neither the worker nor the pool.
+pub type WorkerMain = Arc<dyn Fn(UnixStream, Pid, usize, u64) -> i32>;
+
+/// What a forked child runs as the queue keeper (DESIGN §12), given its channel and the
+/// master's pid; `None` in a [`Generation`] when durable jobs are off.
+pub type KeeperMain = Arc<dyn Fn(UnixStream, Pid) -> i32>;
 
 /// Loads and checks a configuration file as at start (SIGHUP calls it), every problem listed.
 pub type Loader = Box<dyn Fn(&Path) -> Result<Generation, Vec<String>>>;
@@ -77,6 +87,7 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub catalog: Arc<Catalog>,
     pub worker_main: WorkerMain,
+    pub keeper_main: Option<KeeperMain>,
 }
 
 /// What woke the loop.
@@ -87,12 +98,15 @@ enum Event {
     ClientWritable(ClientId),
     WorkerReadable(usize),
     WorkerWritable(usize),
+    KeeperReadable,
+    KeeperWritable,
 }
 
 pub struct Master {
     config: Arc<Config>,
     catalog: Arc<Catalog>,
     worker_main: WorkerMain,
+    keeper_main: Option<KeeperMain>,
     load: Loader,
     /// The configuration generation (a reload starts a new one).
     generation: u64,
@@ -104,6 +118,8 @@ pub struct Master {
     supervisor: Supervisor,
     control: Control,
     size: Size,
+    durable: Durable,
+    durable_requests: DurableRequests,
     started: Instant,
     totals: status::Totals,
     /// What systemd is told (nothing when not started by systemd).
@@ -124,6 +140,7 @@ impl Master {
             config,
             catalog,
             worker_main,
+            keeper_main,
         } = current;
         let listener = match systemd::take_listener()? {
             Some(socket) => Listener::inherited(socket)?,
@@ -145,6 +162,7 @@ impl Master {
             config,
             catalog,
             worker_main,
+            keeper_main,
             load,
             generation: 1,
             signals,
@@ -154,6 +172,8 @@ impl Master {
             jobs: Jobs::default(),
             supervisor: Supervisor::default(),
             control: Control::default(),
+            durable: Durable::default(),
+            durable_requests: DurableRequests::default(),
             started: Instant::now(),
             totals: status::Totals::default(),
             systemd: notifier,
@@ -172,7 +192,10 @@ impl Master {
             self.close_idle_clients();
             self.scale_to_load();
             self.manage_workers();
+            self.tend_queue();
             self.dispatch_jobs();
+            self.dispatch_claims();
+            self.end_due_result_waits();
             self.progress_stop();
             self.notify_systemd();
             if let Some(code) = self.finished() {
@@ -197,6 +220,8 @@ impl Master {
             Event::ClientWritable(id) => self.flush_client(id),
             Event::WorkerReadable(slot) => self.read_worker(slot),
             Event::WorkerWritable(slot) => self.flush_worker(slot),
+            Event::KeeperReadable => self.read_keeper(),
+            Event::KeeperWritable => self.flush_keeper(),
         }
     }
 
@@ -209,6 +234,7 @@ impl Master {
             Listener,
             Client(ClientId),
             Worker(usize),
+            Keeper,
         }
         let timeout = self.next_timer().saturating_duration_since(Instant::now());
         let timeout = PollTimeout::try_from(timeout.min(MAX_WAIT)).unwrap_or(PollTimeout::ZERO);
@@ -235,6 +261,14 @@ impl Master {
             }
             fds.push(PollFd::new(worker.channel.as_fd(), flags));
             sources.push(Source::Worker(worker.slot));
+        }
+        if let Some(keeper) = &self.durable.keeper.process {
+            let mut flags = PollFlags::POLLIN;
+            if keeper.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(keeper.channel.as_fd(), flags));
+            sources.push(Source::Keeper);
         }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -270,6 +304,14 @@ impl Master {
                         events.push(Event::WorkerReadable(*slot));
                     }
                 }
+                Source::Keeper => {
+                    if writable {
+                        events.push(Event::KeeperWritable);
+                    }
+                    if readable {
+                        events.push(Event::KeeperReadable);
+                    }
+                }
                 _ => {}
             }
         }
@@ -296,6 +338,8 @@ impl Master {
                 .next_deadline(now, config.service.client_idle_timeout),
             self.size.next_deadline(now, &self.workers, &config.workers),
             self.control.next_deadline(now, &config.service),
+            self.durable.next_deadline(now, supervisor::KILL_GRACE),
+            earliest_after(now, self.durable_requests.next_deadline()),
             earliest_after(now, self.systemd.next_deadline()),
         ]
         .into_iter()
@@ -306,7 +350,7 @@ impl Master {
     /// The exit code once a stop is complete: no worker left and every answer written.
     fn finished(&mut self) -> Option<i32> {
         let exit_code = self.control.exit_code()?;
-        if !self.workers.is_empty() {
+        if !self.workers.is_empty() || !self.durable.keeper.is_gone() {
             return None;
         }
         for client in self.clients.values_mut() {

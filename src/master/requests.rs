@@ -156,6 +156,11 @@ impl Master {
                 args,
                 timeout_ms,
             } => self.accept_job(client, id, &job, args, timeout_ms),
+            Op::Enqueue { job, args, options } => {
+                self.accept_enqueue(client, id, job, args, options)
+            }
+            Op::Result { job_id, wait_ms } => self.accept_result(client, id, job_id, wait_ms),
+            Op::Cancel { job_id } => self.accept_cancel(client, id, job_id),
         }
     }
 }

@@ -65,6 +65,7 @@ pub fn build(master: &Master) -> Value {
         // `rate()` work on the counters.
         "jobs_per_second": (master.totals.succeeded + master.totals.failed) as f64
             / master.started.elapsed().as_secs_f64().max(1e-3),
+        "durable": master.durable_status(),
         "totals": {
             "accepted": master.totals.accepted,
             "succeeded": master.totals.succeeded,

@@ -22,7 +22,7 @@ use crate::protocol::{ErrorBody, ErrorKind};
 
 /// How long after a job's timeout its worker may still answer `timeout` itself (it cancels
 /// the query and rolls back) before the master kills it and answers for it.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(5);
 /// First crash-loop delay; it doubles per consecutive crash up to `restart_backoff_max`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -32,6 +32,8 @@ pub struct Supervisor {
     crash_loop: CrashLoop,
     /// Jobs whose worker the master killed for running past `timeout + KILL_GRACE`.
     killed_for_timeout: HashMap<Pid, Vec<u64>>,
+    /// Workers forked so far: the next one's number.
+    forked: u64,
 }
 
 /// Crash-loop accounting (DESIGN §6 `restart_backoff_max`, `give_up_after`).
@@ -123,6 +125,16 @@ impl Master {
                 worker.complete(job_id);
                 self.finish_job(job_id, ok, body.get());
             }
+            FromWorker::Claimed {
+                claim_id,
+                job,
+                error,
+            } => self.on_claimed(slot, claim_id, job, error),
+            FromWorker::Settled {
+                claim_id,
+                job_id,
+                outcome,
+            } => self.on_settled(slot, claim_id, job_id, &outcome),
         }
     }
 
@@ -145,6 +157,8 @@ impl Master {
             };
             if let Some(worker) = self.workers.take_pid(pid) {
                 self.on_worker_exit(worker, &how);
+            } else if self.durable.keeper.reap(pid, &how) {
+                self.on_keeper_exit();
             }
         }
     }
@@ -181,6 +195,7 @@ impl Master {
                 self.fail_job(*job_id, body);
             }
         }
+        self.rescue_worker_jobs(slot, worker.number, worker.ever_claimed, how);
         let expected = matches!(worker.lifecycle, Lifecycle::Retiring | Lifecycle::Stopping)
             || !timed_out.is_empty();
         if expected {
@@ -268,6 +283,23 @@ impl Master {
                 let _ = kill(pid, Signal::SIGKILL);
             }
         }
+        for slot in self.overdue_claim_slots(now, KILL_GRACE) {
+            if let Some(worker) = self.workers.get(slot) {
+                if self
+                    .supervisor
+                    .killed_for_timeout
+                    .insert(worker.pid, Vec::new())
+                    .is_none()
+                {
+                    warn!(
+                        "worker {slot} (pid {}): its durable job ran past its timeout and grace; \
+                         killing it",
+                        worker.pid
+                    );
+                    let _ = kill(worker.pid, Signal::SIGKILL);
+                }
+            }
+        }
         let config = &self.config.workers;
         for worker in self.workers.iter() {
             if silence_deadline(worker, config).is_some_and(|at| now >= at) {
@@ -334,7 +366,7 @@ impl Master {
             None => {}
         }
         for worker in self.workers.iter_mut() {
-            if worker.lifecycle == Lifecycle::Retiring && worker.running.is_empty() {
+            if worker.lifecycle == Lifecycle::Retiring && worker.holds_nothing() {
                 worker.send(&ToWorker::Stop);
                 worker.lifecycle = Lifecycle::Stopping;
             }
@@ -361,7 +393,15 @@ impl Master {
         let workers = &self.config.workers;
         let recycle_after = (workers.max_jobs > 0)
             .then(|| workers.max_jobs + fastrand::u64(0..=workers.max_jobs_jitter));
-        match Worker::spawn(slot, self.generation, recycle_after, &self.worker_main) {
+        self.supervisor.forked += 1;
+        let number = self.supervisor.forked;
+        match Worker::spawn(
+            slot,
+            number,
+            self.generation,
+            recycle_after,
+            &self.worker_main,
+        ) {
             Ok(worker) => {
                 info!("worker {slot} started (pid {})", worker.pid);
                 self.workers.insert(worker);

@@ -31,6 +31,8 @@ pub enum Lifecycle {
 
 pub struct Worker {
     pub slot: usize,
+    /// Never reused within this master's life: durable jobs name their worker by it.
+    pub number: u64,
     pub pid: Pid,
     pub channel: UnixStream,
     frames: FrameBuffer,
@@ -44,6 +46,10 @@ pub struct Worker {
     pub jobs_done: u64,
     /// Jobs it holds now, in the order they were sent.
     pub running: Vec<u64>,
+    /// Durable claims it holds now (DESIGN §12): each takes a slot like a job.
+    pub claims: Vec<u64>,
+    /// It was sent a claim at least once: when it dies, the keeper takes back what it held.
+    pub ever_claimed: bool,
     /// Since when it has been ready with no job (`None`: booting or busy), for retiring
     /// workers grown under load (`workers.idle_timeout`).
     pub idle_since: Option<Instant>,
@@ -63,6 +69,7 @@ impl Worker {
     /// reset replaces them.
     pub fn spawn(
         slot: usize,
+        number: u64,
         generation: u64,
         recycle_after: Option<u64>,
         worker_main: &WorkerMain,
@@ -79,13 +86,16 @@ impl Worker {
         // the child goes straight into the worker's main, which never returns.
         let forked = unsafe { fork() };
         match forked {
-            Ok(ForkResult::Child) => std::process::exit(worker_main(worker_end, master, slot)),
+            Ok(ForkResult::Child) => {
+                std::process::exit(worker_main(worker_end, master, slot, number))
+            }
             Ok(ForkResult::Parent { child }) => {
                 sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
                 drop(worker_end);
                 master_end.set_nonblocking(true)?;
                 Ok(Worker {
                     slot,
+                    number,
                     pid: child,
                     channel: master_end,
                     frames: FrameBuffer::default(),
@@ -97,6 +107,8 @@ impl Worker {
                     ready: false,
                     jobs_done: 0,
                     running: Vec::new(),
+                    claims: Vec::new(),
+                    ever_claimed: false,
                     idle_since: None,
                     last_heard: Instant::now(),
                     rss_bytes: 0,
@@ -186,7 +198,32 @@ impl Worker {
     pub fn complete(&mut self, job_id: u64) {
         self.running.retain(|running| *running != job_id);
         self.jobs_done += 1;
-        if self.running.is_empty() {
+        self.note_if_idle();
+    }
+
+    /// A durable claim sent to it.
+    pub fn assign_claim(&mut self, claim_id: u64) {
+        self.claims.push(claim_id);
+        self.ever_claimed = true;
+        self.idle_since = None;
+    }
+
+    /// A claim it answered: empty, or its job settled (`ran`).
+    pub fn release_claim(&mut self, claim_id: u64, ran: bool) {
+        self.claims.retain(|claim| *claim != claim_id);
+        if ran {
+            self.jobs_done += 1;
+        }
+        self.note_if_idle();
+    }
+
+    /// Holds nothing: no job, no claim.
+    pub fn holds_nothing(&self) -> bool {
+        self.running.is_empty() && self.claims.is_empty()
+    }
+
+    fn note_if_idle(&mut self) {
+        if self.holds_nothing() && self.idle_since.is_none() {
             self.idle_since = Some(Instant::now());
         }
     }
@@ -194,13 +231,12 @@ impl Worker {
     /// Watched for a hang by its heartbeats: ready, holding no job (a busy worker is bounded
     /// by its jobs' timeouts), and not on its way out.
     pub fn is_hung_candidate(&self) -> bool {
-        matches!(self.lifecycle, Lifecycle::Serving | Lifecycle::Retiring)
-            && self.running.is_empty()
+        matches!(self.lifecycle, Lifecycle::Serving | Lifecycle::Retiring) && self.holds_nothing()
     }
 
     /// Takes jobs: ready, not retiring or stopping, and below `threads` jobs.
     pub fn has_room(&self, threads: usize) -> bool {
-        self.lifecycle == Lifecycle::Serving && self.running.len() < threads
+        self.lifecycle == Lifecycle::Serving && self.running.len() + self.claims.len() < threads
     }
 
     /// Why this worker should be replaced now (after `max_jobs` jobs, or past `max_rss`), if
@@ -225,7 +261,7 @@ impl Worker {
     pub fn state_name(&self) -> &'static str {
         match self.lifecycle {
             Lifecycle::Booting => "booting",
-            Lifecycle::Serving if self.running.is_empty() => "idle",
+            Lifecycle::Serving if self.holds_nothing() => "idle",
             Lifecycle::Serving => "busy",
             Lifecycle::Retiring => "retiring",
             Lifecycle::Stopping => "stopping",
@@ -287,7 +323,7 @@ impl WorkerTable {
     pub fn least_busy_with_room(&self, threads: usize) -> Option<usize> {
         self.iter()
             .filter(|w| w.has_room(threads))
-            .min_by_key(|w| w.running.len())
+            .min_by_key(|w| w.running.len() + w.claims.len())
             .map(|w| w.slot)
     }
 

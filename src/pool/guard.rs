@@ -9,9 +9,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, Statement};
 
 use super::connection::{Connection, RunError};
-use super::notifications::Notification;
 use super::endpoint::Endpoint;
 use super::error::Error;
+use super::notifications::Notification;
 use super::pool::{round_ms, Shared};
 
 /// A checked-out connection. Dropping it is the one way a connection goes back to the pool,

@@ -75,7 +75,8 @@ pub fn read_jobs(
     let rows = conn.query_sql(
         "SELECT id, state, jsonb_build_object('job_id', id, 'job', job, 'state', state, \
                 'attempt', attempt, 'max_attempts', max_attempts, 'queue', queue, \
-                'run_at', run_at, 'created_at', created_at, 'finished_at', finished_at, \
+                'run_at', run_at, 'created_at', created_at, 'attempted_at', attempted_at, \
+                'finished_at', finished_at, \
                 'result', result, 'errors', errors)::text \
            FROM forkpool.jobs WHERE id = ANY($1)",
         &[&ids],

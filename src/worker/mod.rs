@@ -6,14 +6,18 @@
 //! - a signal waiter turns TERM / INT / QUIT into a stop;
 //! - the main thread ticks: pool maintenance and a heartbeat to the master, until told to stop.
 
+mod durable_job;
 pub(crate) mod reset;
 mod rust_job;
 mod sql_job;
+
+pub use durable_job::DurableSetup;
 
 use std::io::BufReader;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,7 +29,7 @@ use nix::unistd::Pid;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use crate::catalog::{Catalog, JobKind};
+use crate::catalog::{Catalog, JobKind, JobSpec};
 use crate::databases::Databases;
 use crate::ipc::{self, FromWorker, ToWorker};
 use crate::pool::PooledConnection;
@@ -42,6 +46,9 @@ pub struct WorkerSetup {
     pub threads: usize,
     pub catalog: Arc<Catalog>,
     pub databases: Arc<Databases>,
+    /// Set when durable jobs are on (`queue.database`): who this worker is in the job
+    /// table, and where the table is.
+    pub durable: Option<Arc<DurableSetup>>,
 }
 
 /// The job channel's read half, shared by the executors: an idle executor takes the lock and
@@ -49,6 +56,17 @@ pub struct WorkerSetup {
 /// no hand-off between threads (one wake-up per job instead of two). `None` once the channel
 /// said stop or closed: executors then finish the job they hold and return.
 type Inbox = Mutex<Option<BufReader<UnixStream>>>;
+
+/// What an executor takes from the channel.
+enum Work {
+    /// A `run` job, answered with `Done`.
+    Run(Job),
+    /// A durable claim (DESIGN §12), answered with `Claimed`, then `Settled`.
+    Claim {
+        claim_id: u64,
+        excluded_queues: Vec<String>,
+    },
+}
 
 /// One job taken from the channel.
 struct Job {
@@ -72,7 +90,8 @@ enum Stop {
 
 /// The worker's entry point, called in the child right after `fork()`. Never returns.
 pub fn run(channel: UnixStream, master: Pid, setup: WorkerSetup) -> ! {
-    if let Err(problem) = reset::atfork_child_reset(channel.as_raw_fd(), master, setup.slot) {
+    let name = format!("forkpool-w{}", setup.slot);
+    if let Err(problem) = reset::atfork_child_reset(channel.as_raw_fd(), master, &name) {
         error!("worker {}: atfork reset failed: {problem}", setup.slot);
         std::process::exit(70);
     }
@@ -100,17 +119,20 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
         64 * 1024,
         channel,
     ))));
+    let stopping = Arc::new(AtomicBool::new(false));
     let executors: Vec<_> = (0..setup.threads.max(1))
         .map(|_| {
-            let inbox = Arc::clone(&inbox);
-            let stop_tx = stop_tx.clone();
-            let writer = Arc::clone(&writer);
-            let pools = Arc::clone(&pools);
-            let catalog = Arc::clone(&setup.catalog);
-            let slot = setup.slot;
-            thread::spawn(move || {
-                execute_jobs(slot, &inbox, &stop_tx, &writer, &pools, &catalog);
-            })
+            let executor = Executor {
+                slot: setup.slot,
+                inbox: Arc::clone(&inbox),
+                stop: stop_tx.clone(),
+                writer: Arc::clone(&writer),
+                pools: Arc::clone(&pools),
+                catalog: Arc::clone(&setup.catalog),
+                durable: setup.durable.clone(),
+                stopping: Arc::clone(&stopping),
+            };
+            thread::spawn(move || executor.execute_jobs())
         })
         .collect();
     {
@@ -144,6 +166,8 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
                 "worker {} stopping now; cancelling running queries",
                 setup.slot
             );
+            // Before the cancel: a durable job that fails now was interrupted, not broken.
+            stopping.store(true, Ordering::SeqCst);
             pools.cancel_running();
             return 0;
         }
@@ -188,42 +212,85 @@ fn wait_for_stop_signal(signals: SigSet, stop: &Sender<Stop>) {
     }
 }
 
-/// An executor: reads a job, runs it, answers; until the channel says stop or closes.
-fn execute_jobs(
+/// One executor thread and what it shares with the others.
+struct Executor {
     slot: usize,
-    inbox: &Inbox,
-    stop: &Sender<Stop>,
-    writer: &Mutex<UnixStream>,
-    pools: &Pools,
-    catalog: &Catalog,
-) {
-    while let Some(job) = next_job(inbox, stop) {
+    inbox: Arc<Inbox>,
+    stop: Sender<Stop>,
+    writer: Arc<Mutex<UnixStream>>,
+    pools: Arc<Pools>,
+    catalog: Arc<Catalog>,
+    durable: Option<Arc<DurableSetup>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Executor {
+    /// Reads work, does it, answers; until the channel says stop or closes.
+    fn execute_jobs(&self) {
+        while let Some(work) = next_work(&self.inbox, &self.stop) {
+            let answered = match work {
+                Work::Run(job) => self.run(&job),
+                Work::Claim {
+                    claim_id,
+                    excluded_queues,
+                } => self.claim(claim_id, &excluded_queues),
+            };
+            if !answered {
+                return;
+            }
+        }
+    }
+
+    /// A `run` job; false when the master is gone.
+    fn run(&self, job: &Job) -> bool {
         let mut held = None;
-        let (ok, body) = match run_job(slot, &job, pools, catalog, &mut held) {
+        let (ok, body) = match run_job(self.slot, job, &self.pools, &self.catalog, &mut held) {
             Ok(result) => (true, result),
             Err(error) => (false, error.to_json()),
         };
         let body = RawValue::from_string(body).expect("outcomes are JSON");
-        if send(
-            writer,
-            &FromWorker::Done {
-                job_id: job.id,
-                ok,
-                body,
-            },
-        )
-        .is_err()
-        {
-            return;
-        }
+        let done = FromWorker::Done {
+            job_id: job.id,
+            ok,
+            body,
+        };
+        let sent = send(&self.writer, &done).is_ok();
         // Checkin (and its reset) after the answer is on its way.
         drop(held);
+        sent
+    }
+
+    /// A durable claim; false when the master is gone.
+    fn claim(&self, claim_id: u64, excluded_queues: &[String]) -> bool {
+        let Some(setup) = &self.durable else {
+            // The master sends claims only when durable jobs are on; answer anyway.
+            let nothing = FromWorker::Claimed {
+                claim_id,
+                job: None,
+                error: Some("durable jobs are off in this worker".into()),
+            };
+            return send(&self.writer, &nothing).is_ok();
+        };
+        let run = durable_job::DurableRun {
+            slot: self.slot,
+            setup,
+            catalog: &self.catalog,
+            pools: &self.pools,
+            stopping: &self.stopping,
+        };
+        let sent = std::cell::Cell::new(true);
+        run.claim_and_run(claim_id, excluded_queues, |frame| {
+            if send(&self.writer, frame).is_err() {
+                sent.set(false);
+            }
+        });
+        sent.get()
     }
 }
 
-/// The next job, read from the channel by this executor while the others wait their turn.
+/// The next work, read from the channel by this executor while the others wait their turn.
 /// `None` once the channel said stop or closed; the main thread is told which.
-fn next_job(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Job> {
+fn next_work(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Work> {
     let mut inbox = inbox.lock().expect("inbox lock");
     let reader = inbox.as_mut()?;
     let why = match ipc::read_frame::<ToWorker>(reader) {
@@ -233,12 +300,21 @@ fn next_job(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Job> {
             args,
             timeout_ms,
         })) => {
-            return Some(Job {
+            return Some(Work::Run(Job {
                 id: job_id,
                 name: job,
                 args,
                 timeout: Duration::from_millis(timeout_ms),
                 received: Instant::now(),
+            }))
+        }
+        Ok(Some(ToWorker::Claim {
+            claim_id,
+            excluded_queues,
+        })) => {
+            return Some(Work::Claim {
+                claim_id,
+                excluded_queues,
             })
         }
         Ok(Some(ToWorker::Stop)) => Stop::Graceful,
@@ -253,8 +329,8 @@ fn next_job(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Job> {
     None
 }
 
-/// Runs one job; the result object as JSON text, or the error. A SQL job's connection is
-/// left in `held` for the caller to return after answering.
+/// Runs one `run` job; the result object as JSON text, or the error. A SQL job's
+/// connection is left in `held` for the caller to return after answering.
 fn run_job(
     slot: usize,
     job: &Job,
@@ -271,32 +347,45 @@ fn run_job(
     let args: Map<String, Value> = serde_json::from_str(job.args.get())
         .map_err(|e| ErrorBody::new(ErrorKind::BadRequest, format!("args: {e}")))?;
     let deadline = job.received + job.timeout;
+    run_spec(
+        slot,
+        job.id,
+        spec,
+        &args,
+        deadline,
+        job.received,
+        pools,
+        held,
+    )
+}
+
+/// Runs a job of the catalog as a `run` job runs it (a durable job that is not exactly-once
+/// too): the result object with this worker's fields, as JSON text.
+#[allow(clippy::too_many_arguments)]
+fn run_spec(
+    slot: usize,
+    job_id: u64,
+    spec: &JobSpec,
+    args: &Map<String, Value>,
+    deadline: Instant,
+    started: Instant,
+    pools: &Pools,
+    held: &mut Option<PooledConnection>,
+) -> Result<String, ErrorBody> {
     let mut result = match &spec.kind {
         JobKind::Rust(rust) => {
-            let value = rust_job::run(&rust.handler, job.id, &spec.name, &args, deadline, pools)?;
+            let value = rust_job::run(&rust.handler, job_id, &spec.name, args, deadline, pools)?;
             json!({ "value": value })
         }
         JobKind::Sql(sql) => {
             let pool = pools.get(&sql.database)?;
-            let output = sql_job::run(
-                &pool,
-                &spec.name,
-                sql,
-                &args,
-                deadline,
-                &format!("job {}", job.id),
-                held,
-            )?;
-            let mut result = json!({ "rows": output.rows, "rows_affected": output.rows_affected });
-            if output.truncated {
-                result["truncated"] = Value::Bool(true);
-            }
-            result
+            let label = format!("job {job_id}");
+            sql_job::run(&pool, &spec.name, sql, args, deadline, &label, held)?.to_result()
         }
     };
     result["worker"] = json!(slot);
     result["pid"] = json!(std::process::id());
-    result["elapsed_ms"] = json!(job.received.elapsed().as_secs_f64() * 1000.0);
+    result["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
     Ok(result.to_string())
 }
 

@@ -14,19 +14,20 @@ use nix::unistd::{getppid, Pid};
 /// 2. every inherited descriptor closed except stdio and `keep` (the job channel): the
 ///    listening socket, clients' sockets and other workers' channels are the master's;
 /// 3. killed when the master dies (`PR_SET_PDEATHSIG`), and gone at once if it already has;
-/// 4. per-process state: jitter randomness re-seeded, the process named `forkpool-wN`.
-pub fn atfork_child_reset(keep: RawFd, master: Pid, slot: usize) -> Result<(), String> {
+/// 4. per-process state: jitter randomness re-seeded, the process named (`forkpool-wN`,
+///    `forkpool-queue`).
+pub fn atfork_child_reset(keep: RawFd, master: Pid, name: &str) -> Result<(), String> {
     reset_signals()?;
     close_inherited_descriptors(keep)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     if getppid() != master {
-        return Err("the master exited while this worker was starting".to_string());
+        return Err("the master exited while this process was starting".to_string());
     }
     // Both halves of the fork would otherwise draw the same "random" jitter.
     fastrand::seed(u64::from(std::process::id()) ^ fastrand::u64(..));
     // PR_SET_NAME takes 15 bytes: `forkpool: worker N` does not fit, `forkpool-wN` does.
-    let name = CString::new(format!("forkpool-w{slot}")).expect("no NUL in a worker name");
+    let name = CString::new(name).expect("no NUL in a process name");
     nix::sys::prctl::set_name(&name).map_err(|e| format!("prctl(PR_SET_NAME): {e}"))?;
     Ok(())
 }

@@ -4,10 +4,11 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::catalog::{row_to_json, SqlJob};
+use crate::catalog::{row_to_json, SqlJob, SqlValue};
 use crate::pool::{self, Pool, PooledConnection};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
+use tokio_postgres::Row;
 
 /// What a SQL job produced: the rows of the last statement that returned rows, and the count
 /// of rows each statement affected (or returned).
@@ -35,9 +36,7 @@ pub fn run(
     label: &str,
     held: &mut Option<PooledConnection>,
 ) -> Result<SqlOutput, ErrorBody> {
-    let values = job
-        .bind(args)
-        .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))?;
+    let values = bind(job, args)?;
     let conn = held.insert(
         pool.checkout(label)
             .map_err(|e| pool_error_body(e, &job.database))?,
@@ -48,54 +47,100 @@ pub fn run(
         conn.batch_execute("BEGIN")
             .map_err(|e| pool_error_body(e, &job.database))?;
     }
-    let mut rows_affected = Vec::with_capacity(job.statements.len());
-    let mut last_rows = None;
-    let outcome = (|| {
-        for statement in &job.statements {
-            let prepared = conn.prepare_typed(&statement.sql, &statement.types)?;
-            let params = statement.args(&values);
-            if prepared.columns().is_empty() {
-                rows_affected.push(conn.execute(&prepared, &params)?);
-            } else {
-                let rows = conn.query(&prepared, &params)?;
-                rows_affected.push(rows.len() as u64);
-                last_rows = Some(rows);
-            }
-        }
+    let outcome = execute_statements(conn, job, &values).and_then(|ran| {
         if explicit_transaction {
             conn.batch_execute("COMMIT")?;
         }
-        Ok(())
-    })();
+        Ok(ran)
+    });
     // Whether the job can have left a transaction open, so checkin knows if its reset has
     // anything to do: not when every statement ran in autocommit (or in our committed or
     // rolled-back transaction) and none of them opened one itself.
     let opens_own = job.statements.iter().any(|s| s.opens_transaction);
-    if let Err(error) = outcome {
-        let db_error = matches!(error, pool::Error::Db(_));
-        let rolled_back =
-            explicit_transaction && db_error && conn.batch_execute("ROLLBACK").is_ok();
-        if (rolled_back || (db_error && !explicit_transaction)) && !opens_own {
-            conn.known_idle();
+    let ran = match outcome {
+        Ok(ran) => ran,
+        Err(error) => {
+            let db_error = matches!(error, pool::Error::Db(_));
+            let rolled_back =
+                explicit_transaction && db_error && conn.batch_execute("ROLLBACK").is_ok();
+            if (rolled_back || (db_error && !explicit_transaction)) && !opens_own {
+                conn.known_idle();
+            }
+            return Err(pool_error_body(error, &job.database));
         }
-        return Err(pool_error_body(error, &job.database));
-    }
+    };
     if !opens_own {
         conn.known_idle();
     }
-    let rows = last_rows.unwrap_or_default();
-    let truncated = rows.len() > job.max_rows;
-    let rows = rows
-        .iter()
-        .take(job.max_rows)
-        .map(|row| row_to_json(row).map(Value::Object))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| {
-            ErrorBody::new(ErrorKind::Internal, format!("job `{name}`: {message}"))
-        })?;
-    Ok(SqlOutput {
-        rows,
-        rows_affected,
-        truncated,
-    })
+    ran.into_output(name, job)
+}
+
+/// The request's arguments as one bound value per parameter; `invalid_args` naming the bad one.
+pub fn bind(job: &SqlJob, args: &Map<String, Value>) -> Result<Vec<SqlValue>, ErrorBody> {
+    job.bind(args)
+        .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))
+}
+
+/// What the statements returned, before the rows are converted.
+pub struct Ran {
+    rows_affected: Vec<u64>,
+    last_rows: Option<Vec<Row>>,
+}
+
+/// Runs the job's statements in order on `conn`, in whatever transaction the caller opened
+/// (none: each in its own); stops at the first error.
+pub fn execute_statements(
+    conn: &mut PooledConnection,
+    job: &SqlJob,
+    values: &[SqlValue],
+) -> Result<Ran, pool::Error> {
+    let mut ran = Ran {
+        rows_affected: Vec::with_capacity(job.statements.len()),
+        last_rows: None,
+    };
+    for statement in &job.statements {
+        let prepared = conn.prepare_typed(&statement.sql, &statement.types)?;
+        let params = statement.args(values);
+        if prepared.columns().is_empty() {
+            ran.rows_affected.push(conn.execute(&prepared, &params)?);
+        } else {
+            let rows = conn.query(&prepared, &params)?;
+            ran.rows_affected.push(rows.len() as u64);
+            ran.last_rows = Some(rows);
+        }
+    }
+    Ok(ran)
+}
+
+impl Ran {
+    /// The rows of the last statement that returned rows, as JSON, cut at `max_rows`.
+    pub fn into_output(self, name: &str, job: &SqlJob) -> Result<SqlOutput, ErrorBody> {
+        let rows = self.last_rows.unwrap_or_default();
+        let truncated = rows.len() > job.max_rows;
+        let rows = rows
+            .iter()
+            .take(job.max_rows)
+            .map(|row| row_to_json(row).map(Value::Object))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| {
+                ErrorBody::new(ErrorKind::Internal, format!("job `{name}`: {message}"))
+            })?;
+        Ok(SqlOutput {
+            rows,
+            rows_affected: self.rows_affected,
+            truncated,
+        })
+    }
+}
+
+impl SqlOutput {
+    /// The `run` result object of DESIGN §5, without the worker's own fields.
+    pub fn to_result(&self) -> Value {
+        let mut result =
+            serde_json::json!({ "rows": self.rows, "rows_affected": self.rows_affected });
+        if self.truncated {
+            result["truncated"] = Value::Bool(true);
+        }
+        result
+    }
 }

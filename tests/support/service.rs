@@ -55,6 +55,10 @@ pub struct ServiceOptions {
     pub service_keys: Vec<(String, String)>,
     pub worker_keys: Vec<(String, String)>,
     pub database_keys: Vec<(String, String)>,
+    /// `[queue]` keys. None: durable jobs off (`database = ""`), so the tests of the
+    /// socket, the pools and supervision see no claims; [`ServiceOptions::durable`] turns
+    /// them on.
+    pub queue_keys: Vec<(String, String)>,
     /// Extra job files: (name, TOML), next to copies of the repository's `workers/`.
     pub jobs: Vec<(String, String)>,
     pub env: Vec<(String, String)>,
@@ -76,6 +80,7 @@ impl ServiceOptions {
             service_keys: Vec::new(),
             worker_keys: Vec::new(),
             database_keys: Vec::new(),
+            queue_keys: Vec::new(),
             jobs: Vec::new(),
             env: Vec::new(),
             program: PathBuf::from(env!("CARGO_BIN_EXE_forkpool")),
@@ -114,6 +119,17 @@ impl ServiceOptions {
         self.worker_keys
             .push((key.to_string(), toml_value.to_string()));
         self
+    }
+
+    pub fn queue_key(mut self, key: &str, toml_value: &str) -> Self {
+        self.queue_keys
+            .push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// Durable jobs on, in the service's own database `main`.
+    pub fn durable(self) -> Self {
+        self.queue_key("database", "\"main\"")
     }
 
     pub fn database_key(mut self, key: &str, toml_value: &str) -> Self {
@@ -185,6 +201,23 @@ impl Service {
         );
         for (key, value) in &options.database_keys {
             config += &format!("{key} = {value}\n");
+        }
+        config += "\n[queue]\n";
+        if options.queue_keys.is_empty() {
+            config += "database = \"\"\n";
+        }
+        let (limits, keys): (Vec<_>, Vec<_>) = options
+            .queue_keys
+            .iter()
+            .partition(|(key, _)| key.starts_with("limits."));
+        for (key, value) in keys {
+            config += &format!("{key} = {value}\n");
+        }
+        if !limits.is_empty() {
+            config += "\n[queue.limits]\n";
+            for (key, value) in limits {
+                config += &format!("{} = {value}\n", &key["limits.".len()..]);
+            }
         }
         let config_path = config_dir.join("forkpool.toml");
         std::fs::write(&config_path, config).unwrap();

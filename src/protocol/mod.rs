@@ -4,6 +4,8 @@
 //! as raw JSON text and a worker's result is spliced into the answer as it came, so no result
 //! is decoded and re-encoded on its way through the master.
 
+mod durable_ops;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -28,6 +30,8 @@ pub enum ErrorKind {
     Forbidden,
     /// The service holds `service.max_clients` connections; this one is closed.
     TooManyClients,
+    /// No durable job has the id a `result` or `cancel` named.
+    NotFound,
     Internal,
 }
 
@@ -49,6 +53,7 @@ impl ErrorKind {
             ErrorKind::ShuttingDown => "shutting_down",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::TooManyClients => "too_many_clients",
+            ErrorKind::NotFound => "not_found",
             ErrorKind::Internal => "internal",
         }
     }
@@ -101,6 +106,20 @@ pub enum Op {
     Status,
     Ping,
     Jobs,
+    /// Store a durable job (DESIGN §12).
+    Enqueue {
+        job: String,
+        args: Box<RawValue>,
+        options: crate::ipc::EnqueueOptions,
+    },
+    /// A durable job as it is, or once final within `wait_ms`.
+    Result {
+        job_id: i64,
+        wait_ms: Option<u64>,
+    },
+    Cancel {
+        job_id: i64,
+    },
 }
 
 /// A parsed request line.
@@ -121,7 +140,21 @@ pub struct Rejection {
 
 /// The fields a request may carry; anything else is a mistake worth naming (a typo such as
 /// `"arg"` would otherwise silently run the job without its arguments).
-const REQUEST_FIELDS: &[&str] = &["id", "op", "job", "args", "timeout_ms"];
+const REQUEST_FIELDS: &[&str] = &[
+    "id",
+    "op",
+    "job",
+    "args",
+    "timeout_ms",
+    "queue",
+    "priority",
+    "run_at",
+    "delay_ms",
+    "max_attempts",
+    "unique_key",
+    "job_id",
+    "wait_ms",
+];
 
 /// `"id": null`, for answers to a line whose id is unknown (unparsable, refused at connect).
 pub fn null_id() -> Box<RawValue> {
@@ -179,24 +212,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
     };
     let op = match op.as_str() {
         "run" => {
-            let job = match string_field(&fields, "job") {
-                Ok(Some(job)) => job,
-                Ok(None) => return Err(bad(id, "missing field `job` (op run)".to_string())),
+            let (job, args) = match job_and_args(&fields, "run") {
+                Ok(parsed) => parsed,
                 Err(message) => return Err(bad(id, message)),
-            };
-            let args = match fields.get("args") {
-                None => RawValue::from_string("{}".to_string()).expect("{} is JSON"),
-                Some(raw) if raw.get().trim_start().starts_with('{') => {
-                    // Duplicate keys at the top, and nesting past serde_json's depth limit
-                    // anywhere (a raw value is skipped without one), are refused here.
-                    if let Err(e) = object_fields(raw.get()).and_then(|_| {
-                        serde_json::from_str::<Value>(raw.get()).map_err(|e| e.to_string())
-                    }) {
-                        return Err(bad(id, format!("args: {e}")));
-                    }
-                    raw.clone()
-                }
-                Some(_) => return Err(bad(id, "field `args` must be a JSON object".to_string())),
             };
             let timeout_ms = match fields.get("timeout_ms") {
                 None => None,
@@ -216,20 +234,77 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 timeout_ms,
             }
         }
+        "enqueue" | "result" | "cancel" => match durable_ops::parse(&op, &fields) {
+            Ok(op) => op,
+            Err(message) => return Err(bad(id, message)),
+        },
         "status" => Op::Status,
         "ping" => Op::Ping,
         "jobs" => Op::Jobs,
-        other => {
-            return Err(Rejection {
-                id,
-                body: ErrorBody::new(
-                    ErrorKind::UnknownOp,
-                    format!("unknown op `{other}` (ops: run, status, ping, jobs)"),
+        other => return Err(Rejection {
+            id,
+            body: ErrorBody::new(
+                ErrorKind::UnknownOp,
+                format!(
+                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel)"
                 ),
-            })
-        }
+            ),
+        }),
     };
+    if let Some(stray) = fields
+        .keys()
+        .find(|k| !op_fields(&op).contains(&k.as_str()))
+    {
+        return Err(bad(
+            id,
+            format!(
+                "field `{stray}` does not go with this op (it takes: {})",
+                op_fields(&op).join(", ")
+            ),
+        ));
+    }
     Ok(Request { id, op })
+}
+
+/// The fields each op takes, `id` and `op` included.
+fn op_fields(op: &Op) -> &'static [&'static str] {
+    match op {
+        Op::Run { .. } => &["id", "op", "job", "args", "timeout_ms"],
+        Op::Status | Op::Ping | Op::Jobs => &["id", "op"],
+        Op::Enqueue { .. } => &[
+            "id",
+            "op",
+            "job",
+            "args",
+            "queue",
+            "priority",
+            "run_at",
+            "delay_ms",
+            "max_attempts",
+            "unique_key",
+        ],
+        Op::Result { .. } => &["id", "op", "job_id", "wait_ms"],
+        Op::Cancel { .. } => &["id", "op", "job_id"],
+    }
+}
+
+/// `job` (required) and `args` (an object; `{}` when absent), as `run` and `enqueue` take them.
+fn job_and_args(fields: &Fields, op: &str) -> Result<(String, Box<RawValue>), String> {
+    let job =
+        string_field(fields, "job")?.ok_or_else(|| format!("missing field `job` (op {op})"))?;
+    let args = match fields.get("args") {
+        None => RawValue::from_string("{}".to_string()).expect("{} is JSON"),
+        Some(raw) if raw.get().trim_start().starts_with('{') => {
+            // Duplicate keys at the top, and nesting past serde_json's depth limit
+            // anywhere (a raw value is skipped without one), are refused here.
+            object_fields(raw.get())
+                .and_then(|_| serde_json::from_str::<Value>(raw.get()).map_err(|e| e.to_string()))
+                .map_err(|e| format!("args: {e}"))?;
+            raw.clone()
+        }
+        Some(_) => return Err("field `args` must be a JSON object".to_string()),
+    };
+    Ok((job, args))
 }
 
 type Fields = std::collections::BTreeMap<String, Box<RawValue>>;

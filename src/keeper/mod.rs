@@ -1,0 +1,283 @@
+//! The queue keeper: a child of the master that does this host's durable-job chores, so the
+//! master never opens a database connection (DESIGN §12).
+//!
+//! It owns:
+//! 1. the schema: it migrates (`queue.migrate = "auto"`) or checks it, publishes the
+//!    catalog's defaults and takes back what earlier instances of this host held (a master
+//!    killed with SIGKILL), then tells the master `Ready`;
+//! 2. the master's requests: enqueue (in batches: every frame already waiting is one
+//!    statement), `result` reads, `cancel`, and the rescue of a dead worker's jobs;
+//! 3. wake-ups: one session `LISTEN`s on `forkpool_jobs` (see [`listen`]) and each
+//!    notification becomes a `Wake` for the master, which hands idle slots a claim;
+//! 4. the counts `status` shows, every [`COUNTS_EVERY`].
+//!
+//! Threads (after the atfork reset, like a worker): the main one serves the master's frames
+//! and the chores above; one more listens. Every database wait has a deadline.
+
+mod listen;
+mod requests;
+
+use std::io::{BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::unistd::Pid;
+
+use crate::catalog::Catalog;
+use crate::config::QueueConfig;
+use crate::databases::Databases;
+use crate::ipc::{self, FromKeeper, ToKeeper};
+use crate::pool::{Pool, PooledConnection};
+use crate::queue::keeping::{self, JobDefaults, Rescue};
+use crate::queue::schema;
+
+/// How long one chore's statements may take before they are cancelled and retried later.
+pub const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often the keeper counts jobs by queue and state for `status`.
+pub const COUNTS_EVERY: Duration = Duration::from_secs(2);
+
+/// How often it tells the master it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// Retry of the start-up chores while the database is unreachable: from 0.5 s, doubling, to 10 s.
+const PREPARE_RETRY_MIN: Duration = Duration::from_millis(500);
+const PREPARE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Frames taken in one batch at most: bounds one enqueue statement.
+const BATCH: usize = 1000;
+
+/// What the keeper was forked with.
+pub struct KeeperSetup {
+    pub catalog: Arc<Catalog>,
+    pub databases: Arc<Databases>,
+    pub queue: QueueConfig,
+    /// The `[databases]` name of the queue's database (`queue.database`, known to be set).
+    pub database: String,
+    /// This host's stable identity and this instance's number (DESIGN §12).
+    pub host: String,
+    pub instance: i64,
+}
+
+/// The keeper's entry point, called in the child right after `fork()`. Never returns.
+pub fn run(channel: UnixStream, master: Pid, setup: KeeperSetup) -> ! {
+    if let Err(problem) =
+        crate::worker::reset::atfork_child_reset(channel.as_raw_fd(), master, "forkpool-queue")
+    {
+        error!("queue keeper: atfork reset failed: {problem}");
+        std::process::exit(70);
+    }
+    std::process::exit(serve(channel, setup))
+}
+
+/// The keeper's state: its pool, whether the schema is ready, and its timers.
+struct Keeper {
+    setup: KeeperSetup,
+    pool: Pool,
+    writer: Arc<Mutex<UnixStream>>,
+    ready: bool,
+    next_prepare: Instant,
+    prepare_retry: Duration,
+    next_counts: Instant,
+    next_heartbeat: Instant,
+    /// The last start-up problem, logged once until it changes.
+    last_problem: Option<String>,
+}
+
+fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
+    let Some(spec) = setup.databases.get(&setup.database).cloned() else {
+        error!(
+            "queue keeper: queue.database {:?} is not configured",
+            setup.database
+        );
+        return 70;
+    };
+    // Two sessions at most: the requests' and the listener's own (built in `listen`).
+    let settings = spec.settings.clone().pool_size(1).min_idle(0);
+    let pool = match Pool::new(&setup.database, spec.conninfo.clone(), settings) {
+        Ok(pool) => pool,
+        Err(e) => {
+            error!("queue keeper: database `{}`: {e}", setup.database);
+            return 70;
+        }
+    };
+    let writer = match channel.try_clone() {
+        Ok(writer) => Arc::new(Mutex::new(writer)),
+        Err(e) => {
+            error!("queue keeper: cloning its channel: {e}");
+            return 70;
+        }
+    };
+    {
+        let writer = Arc::clone(&writer);
+        let spec = spec.clone();
+        let database = setup.database.clone();
+        thread::spawn(move || listen::wake_master_on_notify(&database, spec, &writer));
+    }
+    let now = Instant::now();
+    let mut keeper = Keeper {
+        setup,
+        pool,
+        writer,
+        ready: false,
+        next_prepare: now,
+        prepare_retry: PREPARE_RETRY_MIN,
+        next_counts: now,
+        next_heartbeat: now,
+        last_problem: None,
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, channel);
+    loop {
+        keeper.do_chores_due();
+        match keeper.wait_for_frames(&mut reader) {
+            Ok(frames) => {
+                if let Some(code) = keeper.handle(frames) {
+                    return code;
+                }
+            }
+            Err(code) => return code,
+        }
+    }
+}
+
+impl Keeper {
+    /// Start-up chores until they succeed; counts and heartbeat on their timers.
+    fn do_chores_due(&mut self) {
+        let now = Instant::now();
+        if !self.ready && now >= self.next_prepare {
+            self.prepare();
+        }
+        if now >= self.next_heartbeat {
+            self.send(&FromKeeper::Heartbeat {
+                rss_bytes: crate::worker::resident_bytes(),
+            });
+            self.next_heartbeat = now + HEARTBEAT_EVERY;
+        }
+        if self.ready && now >= self.next_counts {
+            self.next_counts = now + COUNTS_EVERY;
+            if let Ok(mut conn) = self.checkout() {
+                match keeping::queue_counts(&mut conn) {
+                    Ok(counts) => self.send(&FromKeeper::Counts {
+                        queues: serde_json::to_value(counts).unwrap_or_default(),
+                    }),
+                    Err(e) => warn!(target: "forkpool::queue", "counting jobs: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The schema, the catalog's defaults, and the jobs earlier instances of this host held.
+    fn prepare(&mut self) {
+        let outcome = (|| -> Result<i32, String> {
+            let mut conn = self.checkout().map_err(|e| e.to_string())?;
+            let migrate = self.setup.queue.migrate == crate::config::Migrate::Auto;
+            schema::ensure(&mut conn, migrate).map_err(|e| e.to_string())?;
+            keeping::publish_defaults(&mut conn, &self.catalog_defaults())
+                .map_err(|e| format!("publishing the catalog's defaults: {e}"))?;
+            let earlier = Rescue::EarlierInstances {
+                host: &self.setup.host,
+                instance: self.setup.instance,
+            };
+            let rescued = keeping::rescue(&mut conn, earlier, "the service was restarted")
+                .map_err(|e| format!("rescuing earlier instances' jobs: {e}"))?;
+            if rescued > 0 {
+                info!(target: "forkpool::queue", "rescued {rescued} jobs an earlier instance of this host held");
+            }
+            Ok(schema::SCHEMA_VERSION)
+        })();
+        match outcome {
+            Ok(version) => {
+                self.ready = true;
+                self.last_problem = None;
+                info!(target: "forkpool::queue", "queue ready: schema version {version} in database `{}`", self.setup.database);
+                self.send(&FromKeeper::Ready {
+                    schema_version: version,
+                });
+            }
+            Err(why) => {
+                if self.last_problem.as_deref() != Some(why.as_str()) {
+                    warn!(target: "forkpool::queue", "durable jobs wait: {why}; retrying");
+                    self.send(&FromKeeper::Unready { why: why.clone() });
+                    self.last_problem = Some(why);
+                }
+                self.next_prepare = Instant::now() + self.prepare_retry;
+                self.prepare_retry = (self.prepare_retry * 2).min(PREPARE_RETRY_MAX);
+            }
+        }
+    }
+
+    fn catalog_defaults(&self) -> Vec<JobDefaults> {
+        self.setup
+            .catalog
+            .jobs()
+            .map(|spec| JobDefaults {
+                job: spec.name.clone(),
+                queue: spec.durable.queue.clone(),
+                priority: spec.durable.priority,
+                max_attempts: spec.durable.max_attempts,
+            })
+            .collect()
+    }
+
+    /// A session for one chore, its statements bounded by [`STATEMENT_DEADLINE`].
+    fn checkout(&self) -> Result<PooledConnection, crate::pool::Error> {
+        let mut conn = self.pool.checkout("queue keeper")?;
+        conn.set_deadline(Some(Instant::now() + STATEMENT_DEADLINE));
+        Ok(conn)
+    }
+
+    /// Waits for the master's frames until the next chore is due, then takes every frame
+    /// already sent (up to [`BATCH`]). `Err(exit code)` when the master is gone.
+    fn wait_for_frames(&self, reader: &mut BufReader<UnixStream>) -> Result<Vec<ToKeeper>, i32> {
+        let mut due = self.next_heartbeat;
+        if self.ready {
+            due = due.min(self.next_counts);
+        } else {
+            due = due.min(self.next_prepare);
+        }
+        let wait = due.saturating_duration_since(Instant::now());
+        if reader.buffer().is_empty() && !readable(reader.get_ref(), wait) {
+            return Ok(Vec::new());
+        }
+        let mut frames = Vec::new();
+        loop {
+            match ipc::read_frame::<ToKeeper>(reader) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => {
+                    info!(target: "forkpool::queue", "queue keeper: the master is gone; exiting");
+                    return Err(0);
+                }
+                Err(e) => {
+                    error!("queue keeper: channel: {e}");
+                    return Err(70);
+                }
+            }
+            let more = !reader.buffer().is_empty() || readable(reader.get_ref(), Duration::ZERO);
+            if !more || frames.len() >= BATCH {
+                return Ok(frames);
+            }
+        }
+    }
+
+    fn send(&self, message: &FromKeeper) {
+        let frame = ipc::encode(message);
+        let mut channel = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = channel.write_all(&frame) {
+            // The master is gone: the next read sees it and the keeper exits.
+            log::debug!(target: "forkpool::queue", "writing to the master: {e}");
+        }
+    }
+}
+
+/// Whether `socket` has something to read within `wait`.
+fn readable(socket: &UnixStream, wait: Duration) -> bool {
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    let timeout =
+        PollTimeout::try_from(wait.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
+}

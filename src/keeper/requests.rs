@@ -1,0 +1,272 @@
+//! The master's requests to the keeper, each answered once: enqueue (batched), read for
+//! `result`, cancel, rescue of a dead worker's jobs, and the stop.
+
+use log::{debug, info, warn};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+
+use super::Keeper;
+use crate::catalog::JobSpec;
+use crate::ipc::{EnqueueOptions, FromKeeper, ToKeeper};
+use crate::pools::pool_error_body;
+use crate::protocol::{ErrorBody, ErrorKind};
+use crate::queue::keeping::{self, Cancelled, NewJob, Rescue};
+
+/// The job states after which nothing more happens to a job.
+pub const FINISHED_STATES: [&str; 3] = ["completed", "discarded", "cancelled"];
+
+impl Keeper {
+    /// Handles one batch of frames; `Some(exit code)` once told to stop.
+    pub(super) fn handle(&mut self, frames: Vec<ToKeeper>) -> Option<i32> {
+        let mut enqueues = Vec::new();
+        let mut stop = false;
+        let mut exit = false;
+        for frame in frames {
+            match frame {
+                ToKeeper::Enqueue {
+                    request,
+                    job,
+                    args,
+                    options,
+                } => enqueues.push((request, job, args, options)),
+                ToKeeper::Read { request, job_id } => self.read(request, job_id),
+                ToKeeper::Cancel { request, job_id } => self.cancel(request, job_id),
+                ToKeeper::RescueWorker { worker, why } => self.rescue_worker(worker, &why),
+                ToKeeper::Stop => stop = true,
+                ToKeeper::Exit => exit = true,
+            }
+        }
+        if !enqueues.is_empty() {
+            self.enqueue(enqueues);
+        }
+        if stop {
+            return Some(self.stop());
+        }
+        if exit {
+            self.pool.close();
+            return Some(0);
+        }
+        None
+    }
+
+    fn answer(&self, request: u64, outcome: Result<Value, ErrorBody>, finished: bool) {
+        let (ok, text) = match outcome {
+            Ok(value) => (true, value.to_string()),
+            Err(error) => (false, error.to_json()),
+        };
+        self.send(&FromKeeper::Answer {
+            request,
+            ok,
+            body: RawValue::from_string(text).expect("answers are JSON"),
+            finished,
+        });
+    }
+
+    fn not_ready(&self) -> ErrorBody {
+        ErrorBody::new(
+            ErrorKind::DbUnavailable,
+            format!(
+                "durable jobs are not ready: {}",
+                self.last_problem
+                    .as_deref()
+                    .unwrap_or("the queue's database has not been reached yet")
+            ),
+        )
+    }
+
+    /// Checks each request against the catalog (like `run`: nothing is stored for a bad one),
+    /// then stores the good ones in one statement; one at a time if that statement fails, so
+    /// one bad request cannot fail the others.
+    fn enqueue(&mut self, requests: Vec<(u64, String, Box<RawValue>, EnqueueOptions)>) {
+        let mut checked = Vec::with_capacity(requests.len());
+        for (request, job, args, options) in requests {
+            if !self.ready {
+                self.answer(request, Err(self.not_ready()), false);
+                continue;
+            }
+            match self.check_enqueue(job, &args, options) {
+                Ok(new_job) => checked.push((request, new_job)),
+                Err(error) => self.answer(request, Err(error), false),
+            }
+        }
+        if checked.is_empty() {
+            return;
+        }
+        let jobs: Vec<NewJob> = checked.iter().map(|(_, job)| job.clone()).collect();
+        let batch = self
+            .checkout()
+            .and_then(|mut conn| keeping::enqueue_batch(&mut conn, &jobs));
+        match batch {
+            Ok(stored) => {
+                for ((request, job), stored) in checked.iter().zip(stored) {
+                    debug!(target: "forkpool::queue", "enqueued job {} ({}), duplicate: {}", stored.job_id, job.job, stored.duplicate);
+                    self.answer(*request, Ok(json!(stored)), false);
+                }
+            }
+            Err(error) if checked.len() == 1 => {
+                let body = pool_error_body(error, &self.setup.database);
+                self.answer(checked[0].0, Err(body), false);
+            }
+            Err(error) => {
+                debug!(target: "forkpool::queue", "a batch of {} enqueues failed ({error}); one at a time", checked.len());
+                for (request, job) in checked {
+                    let one = self
+                        .checkout()
+                        .and_then(|mut conn| keeping::enqueue_batch(&mut conn, &[job]));
+                    let outcome = match one {
+                        Ok(mut stored) => Ok(json!(stored.remove(0))),
+                        Err(error) => Err(pool_error_body(error, &self.setup.database)),
+                    };
+                    self.answer(request, outcome, false);
+                }
+            }
+        }
+    }
+
+    fn check_enqueue(
+        &self,
+        job: String,
+        args: &RawValue,
+        options: EnqueueOptions,
+    ) -> Result<NewJob, ErrorBody> {
+        let spec = self.setup.catalog.get(&job).ok_or_else(|| {
+            ErrorBody::new(ErrorKind::UnknownJob, format!("no job named `{job}`"))
+        })?;
+        let args: Map<String, Value> = serde_json::from_str(args.get()).map_err(|e| {
+            ErrorBody::new(
+                ErrorKind::InvalidArgs,
+                format!("args must be an object: {e}"),
+            )
+        })?;
+        check_args(spec, &args)?;
+        let run_at = match &options.run_at {
+            None => None,
+            Some(text) => Some(
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map_err(|e| {
+                        ErrorBody::new(
+                            ErrorKind::BadRequest,
+                            format!("run_at {text:?} is not an RFC 3339 time: {e}"),
+                        )
+                    })?
+                    .to_rfc3339(),
+            ),
+        };
+        Ok(NewJob {
+            job,
+            args: Value::Object(args),
+            queue: options.queue,
+            priority: options.priority,
+            run_at,
+            delay_ms: options.delay_ms,
+            max_attempts: options.max_attempts,
+            unique_key: options.unique_key,
+        })
+    }
+
+    /// A `result` read: the job as it is now; `finished` tells the master whether to wait on.
+    fn read(&self, request: u64, job_id: i64) {
+        if !self.ready {
+            return self.answer(request, Err(self.not_ready()), false);
+        }
+        let read = self
+            .checkout()
+            .and_then(|mut conn| keeping::read_jobs(&mut conn, &[job_id]));
+        match read {
+            Ok(rows) => match rows.into_iter().next() {
+                Some((_, state, body)) => {
+                    let finished = FINISHED_STATES.contains(&state.as_str());
+                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    self.answer(request, Ok(body), finished)
+                }
+                None => self.answer(request, Err(not_found(job_id)), true),
+            },
+            Err(error) => self.answer(
+                request,
+                Err(pool_error_body(error, &self.setup.database)),
+                false,
+            ),
+        }
+    }
+
+    fn cancel(&self, request: u64, job_id: i64) {
+        if !self.ready {
+            return self.answer(request, Err(self.not_ready()), false);
+        }
+        let cancelled = self
+            .checkout()
+            .and_then(|mut conn| keeping::cancel(&mut conn, job_id));
+        let outcome = match cancelled {
+            Ok(Cancelled::NotFound) => Err(not_found(job_id)),
+            Ok(Cancelled::Now) => {
+                debug!(target: "forkpool::queue", "job {job_id} cancelled before it ran");
+                Ok(json!({"job_id": job_id, "state": "cancelled", "cancelled": true}))
+            }
+            Ok(Cancelled::Requested) => {
+                debug!(target: "forkpool::queue", "job {job_id} running: its query was sent a cancel");
+                Ok(json!({"job_id": job_id, "state": "running", "cancelled": true}))
+            }
+            Ok(Cancelled::AlreadyFinished(state)) => {
+                Ok(json!({"job_id": job_id, "state": state, "cancelled": false}))
+            }
+            Err(error) => Err(pool_error_body(error, &self.setup.database)),
+        };
+        self.answer(request, outcome, true);
+    }
+
+    /// A worker of this instance died: its jobs run again now, the attempt counted.
+    fn rescue_worker(&self, worker: i64, why: &str) {
+        let which = Rescue::Worker {
+            host: &self.setup.host,
+            instance: self.setup.instance,
+            worker,
+        };
+        let rescued = self
+            .checkout()
+            .and_then(|mut conn| keeping::rescue(&mut conn, which, why));
+        match rescued {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(target: "forkpool::queue", "rescued {n} jobs of worker {worker} ({why})");
+                self.send(&FromKeeper::Wake);
+                self.send(&FromKeeper::Rescued { count: n });
+            }
+            // The jobs stay `running` under a dead holder: the next start of this host, or
+            // another host once the lease lapses, takes them back.
+            Err(e) => warn!(target: "forkpool::queue", "rescuing worker {worker}'s jobs: {e}"),
+        }
+    }
+
+    /// The end of a graceful stop: every worker is gone, so what this instance still holds
+    /// was interrupted by the stop and goes back without spending its attempt.
+    fn stop(&mut self) -> i32 {
+        if self.ready {
+            let released = self.checkout().and_then(|mut conn| {
+                keeping::release_instance(&mut conn, &self.setup.host, self.setup.instance)
+            });
+            match released {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(target: "forkpool::queue", "put {n} interrupted jobs back, attempts not spent")
+                }
+                Err(e) => warn!(target: "forkpool::queue", "putting interrupted jobs back: {e}"),
+            }
+        }
+        self.pool.close();
+        0
+    }
+}
+
+/// A SQL job's arguments are bound now, so a bad one is refused before anything is stored;
+/// a Rust handler checks its own when it runs.
+fn check_args(spec: &JobSpec, args: &Map<String, Value>) -> Result<(), ErrorBody> {
+    spec.check_args(args)
+        .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))
+}
+
+fn not_found(job_id: i64) -> ErrorBody {
+    ErrorBody::new(
+        ErrorKind::NotFound,
+        format!("no durable job has id {job_id}"),
+    )
+}

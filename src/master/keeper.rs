@@ -1,0 +1,250 @@
+//! The queue keeper's process as the master sees it (DESIGN §12): forked like a worker, its
+//! channel read and written without blocking, restarted with backoff when it dies, told to
+//! stop last, after every worker.
+//!
+//! The master never runs a statement; the keeper runs them all for it. This room owns only
+//! the process; what its frames mean is the durable room's.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+
+use super::{earliest_after, KeeperMain};
+use crate::ipc::{self, FrameBuffer, FromKeeper, ToKeeper};
+
+/// First restart delay after the keeper died; doubles per death in a row, up to the ceiling.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long the keeper may take to put interrupted jobs back at a stop (its statements are
+/// bounded by 10 s) before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// A keeper silent this long (it beats every second) is hung: killed and restarted.
+const SILENCE: Duration = Duration::from_secs(30);
+
+/// The keeper process, when one runs.
+pub struct KeeperProcess {
+    pub pid: Pid,
+    pub channel: UnixStream,
+    frames: FrameBuffer,
+    output: Vec<u8>,
+    last_heard: Instant,
+    /// Told to stop (or to exit for a reload) at this instant.
+    told_to_stop: Option<Instant>,
+}
+
+/// The keeper's process slot: the process, and when the next one may start.
+#[derive(Default)]
+pub struct KeeperSlot {
+    pub process: Option<KeeperProcess>,
+    deaths_in_a_row: u32,
+    next_spawn: Option<Instant>,
+}
+
+impl KeeperSlot {
+    /// Forks a keeper if none runs and no backoff holds it back.
+    pub fn ensure_running(&mut self, main: &KeeperMain) {
+        if self.process.is_some() || self.next_spawn.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        match spawn(main) {
+            Ok(process) => {
+                info!("queue keeper started (pid {})", process.pid);
+                self.process = Some(process);
+                self.next_spawn = None;
+            }
+            Err(e) => {
+                error!("fork (queue keeper): {e}");
+                self.next_spawn = Some(Instant::now() + FIRST_BACKOFF);
+            }
+        }
+    }
+
+    /// Whether `pid` was the keeper; if so it is gone now, and a restart is scheduled
+    /// unless it was told to stop.
+    pub fn reap(&mut self, pid: Pid, how: &str) -> bool {
+        if self.process.as_ref().map(|p| p.pid) != Some(pid) {
+            return false;
+        }
+        let process = self.process.take().expect("checked just above");
+        if process.told_to_stop.is_some() {
+            info!("queue keeper (pid {pid}) {how}");
+            self.deaths_in_a_row = 0;
+            return true;
+        }
+        self.deaths_in_a_row += 1;
+        let delay = FIRST_BACKOFF
+            .saturating_mul(1 << self.deaths_in_a_row.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF);
+        warn!(
+            "queue keeper (pid {pid}) {how}; restarting in {}",
+            humantime::format_duration(delay)
+        );
+        self.next_spawn = Some(Instant::now() + delay);
+        true
+    }
+
+    /// A healthy beat resets the restart backoff.
+    pub fn heard_healthy(&mut self) {
+        self.deaths_in_a_row = 0;
+    }
+
+    pub fn send(&mut self, message: &ToKeeper) -> bool {
+        match &mut self.process {
+            Some(process) => {
+                process.output.extend_from_slice(&ipc::encode(message));
+                let _ = process.flush();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks the keeper to stop: `Stop` (put back what this instance holds, then exit) at the
+    /// end of a stop, or killed when no worker-free moment will come.
+    pub fn tell_to_stop(&mut self, message: ToKeeper) {
+        if let Some(process) = &mut self.process {
+            if process.told_to_stop.is_none() {
+                process.told_to_stop = Some(Instant::now());
+                process.output.extend_from_slice(&ipc::encode(&message));
+                let _ = process.flush();
+            }
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.process.is_none()
+    }
+
+    /// Kills a keeper past its stop grace or silent too long.
+    pub fn murder_if_overdue(&mut self) {
+        let Some(process) = &self.process else {
+            return;
+        };
+        let now = Instant::now();
+        if process
+            .told_to_stop
+            .is_some_and(|told| now >= told + STOP_GRACE)
+        {
+            warn!(
+                "queue keeper (pid {}) did not stop; killing it",
+                process.pid
+            );
+            let _ = kill(process.pid, Signal::SIGKILL);
+        } else if now >= process.last_heard + SILENCE {
+            warn!(
+                "queue keeper (pid {}) silent for {}; killing it as hung",
+                process.pid,
+                humantime::format_duration(SILENCE)
+            );
+            let _ = kill(process.pid, Signal::SIGKILL);
+        }
+    }
+
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let process = self.process.as_ref();
+        let stop = process.and_then(|p| p.told_to_stop.map(|told| told + STOP_GRACE));
+        let silence = process.map(|p| p.last_heard + SILENCE);
+        earliest_after(now, stop.into_iter().chain(silence).chain(self.next_spawn))
+    }
+
+    /// The frames the keeper sent since the last read.
+    pub fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromKeeper> {
+        match &mut self.process {
+            Some(process) => process.read_frames(scratch),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if let Some(process) = &mut self.process {
+            let _ = process.flush();
+        }
+    }
+}
+
+impl KeeperProcess {
+    pub fn wants_write(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.output.is_empty() {
+            match self.channel.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromKeeper> {
+        loop {
+            match self.channel.read(scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.last_heard = Instant::now();
+                    self.frames.extend(&scratch[..n]);
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let mut frames = Vec::new();
+        while let Some(frame) = self.frames.next_frame::<FromKeeper>() {
+            match frame {
+                Ok(frame) => frames.push(frame),
+                Err(e) => {
+                    error!("the queue keeper sent a broken frame: {e}");
+                    break;
+                }
+            }
+        }
+        frames
+    }
+}
+
+/// Forks the keeper with every signal blocked across the fork, as a worker is forked.
+fn spawn(main: &KeeperMain) -> io::Result<KeeperProcess> {
+    let (master_end, keeper_end) = UnixStream::pair()?;
+    let master = getpid();
+    let mut previous = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    )?;
+    // SAFETY: the master has one thread, so no lock is held by another thread at the fork;
+    // the child goes straight into the keeper's main, which never returns.
+    let forked = unsafe { fork() };
+    match forked {
+        Ok(ForkResult::Child) => std::process::exit(main(keeper_end, master)),
+        Ok(ForkResult::Parent { child }) => {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+            drop(keeper_end);
+            master_end.set_nonblocking(true)?;
+            Ok(KeeperProcess {
+                pid: child,
+                channel: master_end,
+                frames: FrameBuffer::default(),
+                output: Vec::new(),
+                last_heard: Instant::now(),
+                told_to_stop: None,
+            })
+        }
+        Err(e) => {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+            Err(e.into())
+        }
+    }
+}
