@@ -528,9 +528,14 @@ fn a_listening_connection_is_woken_by_an_enqueue_committed_elsewhere_and_times_o
     other
         .batch_execute("SELECT forkpool.enqueue('n', queue => 'mail')")
         .unwrap();
-    let woken = listener.wait_for_notifications(Duration::from_secs(10)).unwrap();
+    let woken = listener
+        .wait_for_notifications(Duration::from_secs(10))
+        .unwrap();
     assert_eq!(woken.len(), 1);
-    assert_eq!((woken[0].channel.as_str(), woken[0].payload.as_str()), ("forkpool_jobs", "mail"));
+    assert_eq!(
+        (woken[0].channel.as_str(), woken[0].payload.as_str()),
+        ("forkpool_jobs", "mail")
+    );
 
     // A session that closes is an error for its listener, not a silent timeout.
     let pid = listener.backend_pid();

@@ -331,7 +331,9 @@ impl Loader {
         let known: Vec<String> = self.databases.keys().cloned().collect();
         let set = self.origins.contains_key("queue.database");
         let outcome = check_database(&mut self.queue, &known, set);
-        self.check(outcome.is_ok(), "queue.database", &[], || outcome.unwrap_err());
+        self.check(outcome.is_ok(), "queue.database", &[], || {
+            outcome.unwrap_err()
+        });
     }
 
     /// Makes relative paths relative to the file's directory, so every command given the

@@ -241,15 +241,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
         "status" => Op::Status,
         "ping" => Op::Ping,
         "jobs" => Op::Jobs,
-        other => return Err(Rejection {
-            id,
-            body: ErrorBody::new(
-                ErrorKind::UnknownOp,
-                format!(
+        other => {
+            return Err(Rejection {
+                id,
+                body: ErrorBody::new(
+                    ErrorKind::UnknownOp,
+                    format!(
                     "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel)"
                 ),
-            ),
-        }),
+                ),
+            })
+        }
     };
     if let Some(stray) = fields
         .keys()

@@ -12,6 +12,7 @@ mod certs;
 mod cluster;
 mod installation;
 mod postmaster;
+mod procfs;
 mod server_files;
 mod service;
 mod silent;
@@ -23,6 +24,7 @@ pub use cluster::{
     describe, Cluster, ClusterOptions, APP_DATABASE, APP_PASSWORD, APP_USER,
     HARNESS_APPLICATION_NAME,
 };
+pub use procfs::tcp_socket_count;
 pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
 pub use silent::{silent_listener, SilentListener};
 pub use tied::spawn_tied;

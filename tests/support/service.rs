@@ -159,8 +159,15 @@ impl Service {
     /// Writes the configuration and job files into a fresh directory, starts
     /// `forkpool run`, and returns once every worker is ready.
     pub fn start(options: ServiceOptions) -> Service {
+        let durable = options
+            .queue_keys
+            .iter()
+            .any(|(key, value)| key == "database" && value != "\"\"");
         let service = Service::spawn(options);
         service.wait_for_log("ready", service.workers);
+        if durable {
+            service.wait_for_log("durable jobs ready", 1);
+        }
         service
     }
 

@@ -1,0 +1,347 @@
+//! Durable jobs through the real service (DESIGN §12): enqueue over the socket and from SQL,
+//! `result` waits, scheduling, unique keys, cancel, retries that end completed or discarded,
+//! bad arguments from SQL, durable jobs off, and the master still one thread with no database
+//! socket. The crash proofs (kill storms, a killed master) are in `durable_crashes.rs`.
+//!
+//! One service is shared by the tests that only enqueue and read; each test names its own
+//! jobs' arguments or unique keys, so tests never read each other's rows.
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+
+/// A job that fails until its sequence passes 2: attempts 1 and 2 fail, the third succeeds
+/// (`nextval` survives the rollback of the failed attempts). The zero comes out of the CASE,
+/// not a literal `1 / 0`, which the planner would fold (and raise) on every attempt.
+const FLAKY: &str = r#"
+retry_backoff = "10ms"
+sql = "SELECT 1 / (CASE WHEN nextval('flaky_seq') <= 2 THEN 0 ELSE 1 END) AS ok"
+"#;
+
+/// A job that always fails, three attempts at most.
+const DOOMED: &str = r#"
+max_attempts = 3
+retry_backoff = "10ms"
+sql = "SELECT 1 / 0"
+"#;
+
+/// A job whose effect is a row: exactly once, since it runs on the queue's database.
+const EFFECT: &str = r#"
+sql = "INSERT INTO effects (job_key) VALUES (:key)"
+[params]
+key = "text"
+"#;
+
+fn shared() -> &'static Service {
+    static SERVICE: OnceLock<Service> = OnceLock::new();
+    Service::shared(&SERVICE, || {
+        let cluster = Cluster::shared();
+        cluster.execute(
+            "CREATE TABLE IF NOT EXISTS effects (job_key text); \
+             GRANT ALL ON effects TO app; \
+             CREATE SEQUENCE IF NOT EXISTS flaky_seq; \
+             GRANT ALL ON SEQUENCE flaky_seq TO app;",
+        );
+        Service::start(
+            ServiceOptions::on(cluster)
+                .durable()
+                .queue_key("poll_interval", "\"100ms\"")
+                .job("flaky", FLAKY)
+                .job("doomed", DOOMED)
+                .job("effect", EFFECT),
+        )
+    })
+}
+
+/// One request on a fresh connection; the whole answer.
+fn ask(service: &Service, request: Value) -> Value {
+    service.client().request(request)
+}
+
+fn enqueue(service: &Service, request: Value) -> i64 {
+    let mut request = request;
+    request["op"] = json!("enqueue");
+    let answer = ask(service, request);
+    assert_eq!(answer["ok"], true, "enqueue refused: {answer}");
+    answer["result"]["job_id"].as_i64().expect("a job id")
+}
+
+/// The job once final, waiting at most the tests' event timeout.
+fn final_state(service: &Service, job_id: i64) -> Value {
+    let wait_ms = EVENT_TIMEOUT.as_millis() as u64;
+    let answer = ask(
+        service,
+        json!({"id": "r", "op": "result", "job_id": job_id, "wait_ms": wait_ms}),
+    );
+    assert_eq!(answer["ok"], true, "result refused: {answer}");
+    answer["result"].clone()
+}
+
+fn effects_of(key: &str) -> i64 {
+    Cluster::shared()
+        .query_value(&format!(
+            "SELECT count(*) FROM effects WHERE job_key = '{key}'"
+        ))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_job_enqueued_over_the_socket_runs_once_and_its_result_carries_the_rows() {
+    let service = shared();
+    let job_id = enqueue(
+        service,
+        json!({"id": 1, "job": "effect", "args": {"key": "socket-1"}}),
+    );
+    let done = final_state(service, job_id);
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(done["result"]["rows_affected"], json!([1]));
+    assert!(done["result"]["worker"].is_u64(), "{done}");
+    assert_eq!(effects_of("socket-1"), 1);
+
+    let add = enqueue(
+        service,
+        json!({"id": 2, "job": "add", "args": {"a": 40, "b": 2}}),
+    );
+    assert_eq!(
+        final_state(service, add)["result"]["rows"],
+        json!([{"sum": 42}])
+    );
+}
+
+#[test]
+fn an_sql_enqueue_runs_once_committed_and_never_when_rolled_back() {
+    let service = shared();
+    let cluster = Cluster::shared();
+    cluster.execute(
+        "BEGIN; SELECT forkpool.enqueue('effect', '{\"key\": \"sql-rolled-back\"}'); ROLLBACK",
+    );
+    let id: i64 = cluster
+        .query_value("SELECT forkpool.enqueue('effect', '{\"key\": \"sql-committed\"}')")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(final_state(service, id)["state"], "completed");
+    assert_eq!(effects_of("sql-committed"), 1);
+    // The rolled-back job never existed: no row to run, now or later.
+    assert_eq!(
+        cluster.query_value(
+            "SELECT count(*) FROM forkpool.jobs WHERE args->>'key' = 'sql-rolled-back'"
+        ),
+        Some("0".to_string())
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_over_the_socket_and_discarded_without_retry_from_sql() {
+    let service = shared();
+    let answer = ask(
+        service,
+        json!({"id": 1, "op": "enqueue", "job": "add", "args": {"a": "forty"}}),
+    );
+    assert_eq!(answer["error"]["kind"], "invalid_args", "{answer}");
+    let unknown = ask(service, json!({"id": 2, "op": "enqueue", "job": "nope"}));
+    assert_eq!(unknown["error"]["kind"], "unknown_job", "{unknown}");
+
+    let id: i64 = Cluster::shared()
+        .query_value("SELECT forkpool.enqueue('add', '{\"a\": \"forty\"}')")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let done = final_state(service, id);
+    assert_eq!(done["state"], "discarded", "{done}");
+    assert_eq!(
+        done["attempt"], 1,
+        "invalid arguments are never retried: {done}"
+    );
+    assert_eq!(done["errors"][0]["kind"], "invalid_args");
+}
+
+#[test]
+fn a_scheduled_job_waits_for_its_time_and_a_waiting_job_can_be_cancelled() {
+    let service = shared();
+    let later = enqueue(
+        service,
+        json!({"id": 1, "job": "effect", "args": {"key": "scheduled"}, "delay_ms": 3_600_000}),
+    );
+    let now = ask(service, json!({"id": 2, "op": "result", "job_id": later}));
+    assert_eq!(now["result"]["state"], "available");
+    let cancelled = ask(service, json!({"id": 3, "op": "cancel", "job_id": later}));
+    assert_eq!(cancelled["result"]["cancelled"], true, "{cancelled}");
+    assert_eq!(final_state(service, later)["state"], "cancelled");
+    assert_eq!(effects_of("scheduled"), 0);
+
+    let soon_at = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+    let soon = enqueue(
+        service,
+        json!({"id": 4, "job": "effect", "args": {"key": "run-at"}, "run_at": soon_at.to_rfc3339()}),
+    );
+    let done = final_state(service, soon);
+    assert_eq!(done["state"], "completed", "{done}");
+    let started: chrono::DateTime<chrono::Utc> =
+        done["attempted_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        started >= soon_at,
+        "started at {started}, before its run_at {soon_at}"
+    );
+}
+
+#[test]
+fn a_unique_key_returns_the_job_already_waiting() {
+    let service = shared();
+    let request = json!({"id": 1, "op": "enqueue", "job": "effect", "args": {"key": "unique"},
+                         "unique_key": "nightly-report", "delay_ms": 3_600_000});
+    let first = ask(service, request.clone());
+    let second = ask(service, request);
+    assert_eq!(first["result"]["duplicate"], false, "{first}");
+    assert_eq!(second["result"]["duplicate"], true, "{second}");
+    assert_eq!(first["result"]["job_id"], second["result"]["job_id"]);
+    let id = first["result"]["job_id"].as_i64().unwrap();
+    ask(service, json!({"id": 2, "op": "cancel", "job_id": id}));
+}
+
+#[test]
+fn a_running_job_cancelled_has_its_query_cancelled_and_ends_cancelled() {
+    let service = shared();
+    let id = enqueue(
+        service,
+        json!({"id": 1, "job": "sleep", "args": {"seconds": 30}}),
+    );
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let now = ask(service, json!({"id": 2, "op": "result", "job_id": id}));
+        if now["result"]["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {now}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = Instant::now();
+    let cancelled = ask(service, json!({"id": 3, "op": "cancel", "job_id": id}));
+    assert_eq!(cancelled["result"]["cancelled"], true, "{cancelled}");
+    let done = final_state(service, id);
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(
+        done["errors"][0]["sqlstate"], "57014",
+        "the query was cancelled: {done}"
+    );
+    println!("cancel to cancelled: {:?}", asked.elapsed());
+    let missing = ask(
+        service,
+        json!({"id": 4, "op": "cancel", "job_id": 999_999_999}),
+    );
+    assert_eq!(missing["error"]["kind"], "not_found", "{missing}");
+}
+
+#[test]
+fn failures_are_retried_until_the_job_succeeds_with_every_failed_attempt_recorded() {
+    let service = shared();
+    let id = enqueue(service, json!({"id": 1, "job": "flaky"}));
+    let done = final_state(service, id);
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["attempt"], 3);
+    let errors = done["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{done}");
+    for (n, error) in errors.iter().enumerate() {
+        assert_eq!(error["attempt"], n as u64 + 1);
+        assert_eq!(error["kind"], "db_error");
+        assert_eq!(error["sqlstate"], "22012", "division by zero");
+    }
+}
+
+#[test]
+fn a_job_that_keeps_failing_is_discarded_after_max_attempts() {
+    let service = shared();
+    let id = enqueue(service, json!({"id": 1, "job": "doomed"}));
+    let done = final_state(service, id);
+    assert_eq!(done["state"], "discarded", "{done}");
+    assert_eq!(done["attempt"], 3);
+    assert_eq!(done["errors"].as_array().unwrap().len(), 3, "{done}");
+    assert!(service
+        .logs()
+        .contains(&format!("job {id} (doomed) discarded")));
+}
+
+#[test]
+fn result_waits_until_the_job_is_final_or_its_wait_ends() {
+    let service = shared();
+    let id = enqueue(
+        service,
+        json!({"id": 1, "job": "effect", "args": {"key": "wait"}, "delay_ms": 3_600_000}),
+    );
+    let asked = Instant::now();
+    let answer = ask(
+        service,
+        json!({"id": 2, "op": "result", "job_id": id, "wait_ms": 300}),
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(300),
+        "answered before the wait ended"
+    );
+    assert_eq!(answer["result"]["state"], "available", "{answer}");
+    ask(service, json!({"id": 3, "op": "cancel", "job_id": id}));
+}
+
+#[test]
+fn status_counts_durable_jobs_by_queue_and_state() {
+    let service = shared();
+    let id = enqueue(
+        service,
+        json!({"id": 1, "job": "add", "args": {"a": 1}, "queue": "counted"}),
+    );
+    final_state(service, id);
+    let status = service.wait_for_status("the queue `counted` counted", |status| {
+        status["durable"]["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|q| q["queue"] == "counted" && q["completed"] == 1)
+    });
+    assert_eq!(status["durable"]["ready"], true);
+    assert!(status["durable"]["totals"]["completed"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn durable_ops_are_refused_by_name_when_durable_jobs_are_off() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    for request in [
+        json!({"id": 1, "op": "enqueue", "job": "add", "args": {"a": 1}}),
+        json!({"id": 2, "op": "result", "job_id": 1}),
+        json!({"id": 3, "op": "cancel", "job_id": 1}),
+    ] {
+        let answer = ask(&service, request);
+        assert_eq!(answer["error"]["kind"], "bad_request", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("durable jobs are off"), "{message}");
+    }
+    assert!(service.status()["durable"].is_null());
+}
+
+#[test]
+fn the_master_stays_one_thread_without_a_database_socket_while_durable_jobs_run() {
+    let service = shared();
+    let ids: Vec<i64> = (0..20)
+        .map(|n| {
+            enqueue(
+                service,
+                json!({"id": n, "job": "sleep", "args": {"seconds": 0.05}}),
+            )
+        })
+        .collect();
+    let master = service.pid().as_raw();
+    let threads = std::fs::read_dir(format!("/proc/{master}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "the master must run one thread");
+    let sockets = support::tcp_socket_count(master);
+    assert_eq!(sockets, 0, "the master holds a TCP socket");
+    for id in ids {
+        assert_eq!(final_state(service, id)["state"], "completed");
+    }
+}
