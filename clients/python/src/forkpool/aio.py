@@ -10,13 +10,15 @@ As with `Client`, a connection opened by another process (the client was inherit
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, cast
 
-from . import protocol
+from . import durable, protocol
 from .client import ADMIN_WAIT, DEFAULT_ANSWER_TIMEOUT, DEFAULT_PIPELINE, _restore
+from .durable import DURABLE_WAIT, EnqueuedJob, JobRef, JobResult
 from .errors import (CallTimeout, ConnectionLost, ForkpoolError, ProtocolError, Unreachable,
                      error_from_answer)
 from .protocol import Answer, PathLike
@@ -223,6 +225,30 @@ class AsyncClient:
         """As `Client.jobs`."""
         catalog = protocol.outcome(await self._call("jobs", {}, timeout))
         return cast(List[Dict[str, Any]], catalog["jobs"])
+
+    async def enqueue(self, job: str, args: Optional[Mapping[str, Any]] = None, *,
+                      queue: Optional[str] = None, priority: Optional[int] = None,
+                      run_at: Optional[datetime.datetime] = None,
+                      run_in: Optional[datetime.timedelta] = None,
+                      max_attempts: Optional[int] = None, unique_key: Optional[str] = None,
+                      timeout: float = DURABLE_WAIT) -> EnqueuedJob:
+        """As `Client.enqueue`: never sent twice."""
+        fields = durable.enqueue_fields(job, args, queue=queue, priority=priority,
+                                        run_at=run_at, run_in=run_in,
+                                        max_attempts=max_attempts, unique_key=unique_key)
+        return durable.enqueued(protocol.outcome(await self._call("enqueue", fields, timeout)))
+
+    async def result(self, job: JobRef, wait: Optional[float] = None, *,
+                     timeout: float = DURABLE_WAIT) -> JobResult:
+        """As `Client.result`: the call waits `wait` plus `timeout`; resent once."""
+        fields = durable.result_fields(job, wait)
+        answer = await self._call("result", fields, durable.answer_wait(wait, timeout))
+        return durable.job_result(protocol.outcome(answer))
+
+    async def cancel(self, job: JobRef, *, timeout: float = DURABLE_WAIT) -> bool:
+        """As `Client.cancel`."""
+        fields = {"job_id": durable.job_id_of(job)}
+        return durable.cancelled(protocol.outcome(await self._call("cancel", fields, timeout)))
 
     async def request(self, op: str, *, timeout: float = ADMIN_WAIT, **fields: Any) -> Any:
         """As `Client.request`."""

@@ -19,6 +19,7 @@ thread of the parent may have held it at the moment of the fork.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import select
@@ -28,7 +29,8 @@ import time
 import weakref
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, cast
 
-from . import protocol
+from . import durable, protocol
+from .durable import DURABLE_WAIT, EnqueuedJob, JobRef, JobResult
 from .errors import CallTimeout, ConnectionLost, ProtocolError, Unreachable
 from .protocol import Answer, PathLike
 
@@ -310,6 +312,50 @@ class Client:
         """The catalog: each job's name, description, database, timeout_ms and params."""
         catalog = protocol.outcome(self._call("jobs", {}, timeout))
         return cast(List[Dict[str, Any]], catalog["jobs"])
+
+    # ---- durable jobs (DESIGN.md §12) ----------------------------------------------------
+
+    def enqueue(self, job: str, args: Optional[Mapping[str, Any]] = None, *,
+                queue: Optional[str] = None, priority: Optional[int] = None,
+                run_at: Optional[datetime.datetime] = None,
+                run_in: Optional[datetime.timedelta] = None,
+                max_attempts: Optional[int] = None, unique_key: Optional[str] = None,
+                timeout: float = DURABLE_WAIT) -> EnqueuedJob:
+        """Stores `job` with its arguments (a mapping) in the queue's database, to run as
+        soon as a worker is free, or at `run_at` (a timezone-aware datetime; a naive one is
+        a ValueError) or `run_in` (a timedelta, counted by the database's clock). Unset
+        options take the job file's defaults. Arguments are checked against the catalog at
+        once (`InvalidArgs`, `UnknownJob`: nothing stored).
+
+        A `unique_key` held by an `available` or `running` job returns that job, with
+        `duplicate` True. `timeout` bounds the wait for the answer only (the job's own time
+        limit is its job file's). Like `run`, an enqueue whose connection broke after it
+        was sent is never sent again: `ConnectionLost` (it may have been stored).
+        """
+        fields = durable.enqueue_fields(job, args, queue=queue, priority=priority,
+                                        run_at=run_at, run_in=run_in,
+                                        max_attempts=max_attempts, unique_key=unique_key)
+        return durable.enqueued(protocol.outcome(self._call("enqueue", fields, timeout)))
+
+    def result(self, job: JobRef, wait: Optional[float] = None, *,
+               timeout: float = DURABLE_WAIT) -> JobResult:
+        """The durable job (its id, or what `enqueue` returned) as it is now; with `wait`
+        (seconds), as soon as it is `completed`, `discarded` or `cancelled`, or as it is
+        when `wait` has passed (check `.finished`). The call waits for its answer `wait`
+        plus `timeout` seconds, so a long wait never ends in `CallTimeout`. `NotFound`
+        when no job has that id. Resent once on a new connection if the old one broke:
+        reading a job changes nothing.
+        """
+        fields = durable.result_fields(job, wait)
+        answer = self._call("result", fields, durable.answer_wait(wait, timeout))
+        return durable.job_result(protocol.outcome(answer))
+
+    def cancel(self, job: JobRef, *, timeout: float = DURABLE_WAIT) -> bool:
+        """Cancels the durable job: True when it was waiting (it is `cancelled` now) or
+        running (its query is cancelled and it ends `cancelled`); False when it had
+        already finished. `NotFound` when no job has that id. Never sent twice."""
+        fields = {"job_id": durable.job_id_of(job)}
+        return durable.cancelled(protocol.outcome(self._call("cancel", fields, timeout)))
 
     def request(self, op: str, *, timeout: float = ADMIN_WAIT, **fields: Any) -> Any:
         """Sends one request of any op with the given fields and returns its result: for

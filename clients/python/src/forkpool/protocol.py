@@ -26,8 +26,8 @@ DEFAULT_SOCKET = "/run/forkpool/forkpool.sock"
 ANSWER_GRACE = 10.0
 
 #: Ops that change nothing, so a request lost with its connection may be sent once more.
-#: (`result` of the durable jobs joins them when it lands.)
-IDEMPOTENT_OPS = frozenset({"ping", "status", "jobs"})
+#: (`enqueue` stores a job and `cancel` answers differently the second time: neither is.)
+IDEMPOTENT_OPS = frozenset({"ping", "status", "jobs", "result"})
 
 PathLike = Union[str, "os.PathLike[str]"]
 
