@@ -29,20 +29,28 @@ def add_in_child(fp, child, start, answers):
     answers.put((child, outcomes))
 
 
-def test_a_client_used_in_the_parent_serves_eight_forked_children_at_once(service):
-    fp = forkpool.Client(service.socket, timeout=2)
-    assert fp.ping()["pid"] == service.pid  # the parent holds an open connection now
+def in_forked_children(target, fp, count=CHILDREN):
+    """Runs `target(fp, child, start, answers)` in `count` forked children, which wait at
+    `start` to call at once and put `(child, what they got)` on `answers`; returns those
+    as a dict, once every child exited 0."""
     fork = multiprocessing.get_context("fork")
-    start = fork.Barrier(CHILDREN)
+    start = fork.Barrier(count)
     answers = fork.Queue()
-    children = [fork.Process(target=add_in_child, args=(fp, child, start, answers))
-                for child in range(CHILDREN)]
+    children = [fork.Process(target=target, args=(fp, child, start, answers))
+                for child in range(count)]
     for child in children:
         child.start()
     received = dict(answers.get(timeout=DEADLINE) for _ in children)
     for child in children:
         child.join(DEADLINE)
         assert child.exitcode == 0
+    return received
+
+
+def test_a_client_used_in_the_parent_serves_eight_forked_children_at_once(service):
+    fp = forkpool.Client(service.socket, timeout=2)
+    assert fp.ping()["pid"] == service.pid  # the parent holds an open connection now
+    received = in_forked_children(add_in_child, fp)
     for child in range(CHILDREN):
         wrong = [(want, got) for want, got in received[child] if want != got]
         assert not wrong, f"child {child}: {len(wrong)} wrong answers, e.g. {wrong[:3]}"
