@@ -1,6 +1,6 @@
 """Fixtures: one private PostgreSQL cluster for the session, one shared forkpool service on
-it, and a factory for tests that need a service of their own (one they stop, kill or
-configure differently)."""
+it (durable jobs off), one with durable jobs on, and a factory for tests that need a service
+of their own (one they stop, kill or configure differently)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,21 @@ def cluster() -> Iterator[Cluster]:
 def service(cluster: Cluster) -> Iterator[Service]:
     """The service most tests share: four single-threaded workers, the test jobs."""
     service = Service(cluster, workers=4, jobs=TEST_JOBS).wait_ready()
+    yield service
+    service.stop()
+
+
+#: `[queue]` of the durable tests' service: durable jobs on, in its database `main`, and idle
+#: slots claiming every 100 ms (a scheduled job runs that soon after its time).
+DURABLE_QUEUE = {"database": '"main"', "poll_interval": '"100ms"'}
+
+
+@pytest.fixture(scope="session")
+def durable_service(cluster: Cluster) -> Iterator[Service]:
+    """A service with durable jobs on (the shared `service` has them off): four workers,
+    the test jobs, ready once its queue keeper has migrated the schema."""
+    service = Service(cluster, workers=4, jobs=TEST_JOBS, queue_keys=DURABLE_QUEUE)
+    service.wait_ready().wait_durable_ready()
     yield service
     service.stop()
 

@@ -268,6 +268,7 @@ class Service:
                  database_url: Optional[str] = None, service_keys: Optional[Dict[str, str]] = None,
                  worker_keys: Optional[Dict[str, str]] = None,
                  database_keys: Optional[Dict[str, str]] = None,
+                 queue_keys: Optional[Dict[str, str]] = None,
                  jobs: Optional[Dict[str, str]] = None) -> None:
         binary = forkpool_binary()
         if not binary.exists():
@@ -292,6 +293,10 @@ class Service:
         lines += [f"{key} = {value}" for key, value in (worker_keys or {}).items()]
         lines += ["", "[databases.main]", f"url = {toml_string(database_url)}"]
         lines += [f"{key} = {value}" for key, value in (database_keys or {}).items()]
+        # Durable jobs are off unless `queue_keys` are given (as in the Rust harness), so the
+        # services of the other tests start no queue keeper and claim nothing.
+        lines += ["", "[queue]"]
+        lines += [f"{key} = {value}" for key, value in (queue_keys or {"database": '""'}).items()]
         self.config = config_dir / "forkpool.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.socket = str(config_dir / "forkpool.sock")
@@ -336,6 +341,12 @@ class Service:
 
     def wait_ready(self) -> "Service":
         self.wait_for_log("ready", self.workers)
+        return self
+
+    def wait_durable_ready(self) -> "Service":
+        """Waits until the queue keeper has the schema in place and durable requests are
+        served (until then they answer `db_unavailable`)."""
+        self.wait_for_log("durable jobs ready")
         return self
 
     def signal(self, signum: int) -> None:

@@ -10,13 +10,17 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 import forkpool
+from conftest import DURABLE_QUEUE
 from harness import toml_string
 from test_errors import run_in_thread
+
+DEADLINE = 60.0
 
 
 def test_an_unreachable_socket_is_its_own_error_naming_the_path():
@@ -95,11 +99,17 @@ def sent_event():
     logger.setLevel(level)
 
 
-def lose_connection_after_sending(start_service, shared_socket_dir, sent_event, call):
+def lose_connection_after_sending(start_service, shared_socket_dir, sent_event, call,
+                                  durable=False):
     """Sends `call` to a stopped service through a symlinked socket path, points the link at
     a second service, then kills the first: the connection breaks after the request left.
-    Returns (what the call returned or raised, the second service, a client of it)."""
-    old, new = start_service(workers=1), start_service(workers=1)
+    Returns (what the call returned or raised, the second service, a client of it). With
+    `durable`, both services have durable jobs on."""
+    options = {"queue_keys": DURABLE_QUEUE} if durable else {}
+    old, new = start_service(workers=1, **options), start_service(workers=1, **options)
+    if durable:
+        old.wait_durable_ready()
+        new.wait_durable_ready()
     link = shared_socket_dir / "forkpool.sock"
     os.symlink(old.socket, link)
     fp = forkpool.Client(str(link), timeout=20)
@@ -139,4 +149,26 @@ def test_run_many_lost_midway_is_reported_and_never_sent_again(
         lambda fp: fp.run_many([("add", {"a": i}) for i in range(50)]))
     assert isinstance(lost, forkpool.ConnectionLost), lost
     assert observer.status()["totals"]["accepted"] == 0
+    observer.close()
+
+
+def test_a_result_lost_after_sending_is_sent_once_more(
+        durable_service, start_service, shared_socket_dir, sent_event):
+    job = forkpool.Client(durable_service.socket).enqueue("add", {"a": 41})
+    answer, _, _ = lose_connection_after_sending(
+        start_service, shared_socket_dir, sent_event,
+        lambda fp: fp.result(job, wait=DEADLINE), durable=True)
+    assert not isinstance(answer, BaseException), answer
+    assert (answer.job_id, answer.state, answer.rows) == (job.job_id, "completed", [{"sum": 42}])
+
+
+def test_an_enqueue_lost_after_sending_is_reported_and_never_sent_again(
+        cluster, start_service, shared_socket_dir, sent_event):
+    key = f"lost-{uuid.uuid4()}"
+    lost, _, observer = lose_connection_after_sending(
+        start_service, shared_socket_dir, sent_event,
+        lambda fp: fp.enqueue("add", {"a": 1}, unique_key=key), durable=True)
+    assert isinstance(lost, forkpool.ConnectionLost), lost
+    assert lost.sent is True
+    assert cluster.psql(f"SELECT count(*) FROM forkpool.jobs WHERE unique_key = '{key}'") == "0"
     observer.close()
