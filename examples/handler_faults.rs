@@ -64,8 +64,23 @@ fn commits_whatever_is_open(
     Ok(json!({ "open_transaction": open_transaction, "backend": db.backend_pid() }))
 }
 
+/// Not a fault: a handler that is exactly-once when enqueued. Its note and the job's
+/// completion commit in one transaction on the queue's database.
+fn notes_exactly_once(
+    ctx: &mut JobContext<'_>,
+    args: &Map<String, Value>,
+) -> Result<Value, JobError> {
+    let note = note(args);
+    let durable = ctx.is_durable();
+    ctx.transaction_completing("main", |db| {
+        db.query_sql("INSERT INTO fault_notes (note) VALUES ($1)", &[&note])?;
+        Ok(json!({ "noted": note, "durable": durable }))
+    })
+}
+
 fn main() {
     let service = forkpool::Service::new()
+        .handler("notes_exactly_once", notes_exactly_once)
         .handler("fails_after_insert", fails_after_insert)
         .handler("panics_after_insert", panics_after_insert)
         .handler("leaves_transaction_open", leaves_transaction_open)

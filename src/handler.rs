@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::queue::claim::Claim;
+
 use crate::pools::{pool_error_body, Pools};
 use crate::protocol::{ErrorBody, ErrorKind};
 
@@ -194,17 +196,42 @@ pub struct JobContext<'a> {
     deadline: Instant,
     pools: &'a Pools,
     connections: HashMap<String, PooledConnection>,
+    /// Set when the job runs as a durable job (DESIGN §12).
+    durable: Option<&'a mut DurableRun>,
+}
+
+/// A durable run of a handler: the claim it answers, and whether the handler completed the
+/// job itself ([`JobContext::transaction_completing`]).
+pub(crate) struct DurableRun {
+    pub claim: Claim,
+    /// `queue.database`: only a transaction there can carry the completion.
+    pub database: String,
+    pub slot: usize,
+    pub started: Instant,
+    pub completed: bool,
 }
 
 impl<'a> JobContext<'a> {
-    pub(crate) fn new(job_id: u64, job: &'a str, deadline: Instant, pools: &'a Pools) -> Self {
+    pub(crate) fn new(
+        job_id: u64,
+        job: &'a str,
+        deadline: Instant,
+        pools: &'a Pools,
+        durable: Option<&'a mut DurableRun>,
+    ) -> Self {
         JobContext {
             job_id,
             job,
             deadline,
             pools,
             connections: HashMap::new(),
+            durable,
         }
+    }
+
+    /// Whether the job runs as a durable job (enqueued), not as a `run` job.
+    pub fn is_durable(&self) -> bool {
+        self.durable.is_some()
     }
 
     /// The master's id for this job (it names the job in logs and leak warnings).
@@ -278,6 +305,65 @@ impl<'a> JobContext<'a> {
         let value = work(open.conn)?;
         open.conn.batch_execute("COMMIT")?;
         open.open = false;
+        Ok(value)
+    }
+
+    /// Like [`JobContext::transaction`], and when the job runs as a durable job on the
+    /// queue's database (`queue.database`), the job's completion — `state = 'completed'`
+    /// with `{"value": <what work returned>, ...}` as its result — commits in the same
+    /// transaction: the handler's effects and the completion happen together or not at
+    /// all, so the job is **exactly-once**. If the job was taken back meanwhile (its worker
+    /// was thought dead), the transaction rolls back and this answers `job_failed`. For a
+    /// `run` job, or another database, it is a plain transaction (at-least-once, as a
+    /// handler's durable run otherwise is). Return its value from the handler.
+    ///
+    /// ```no_run
+    /// # use forkpool::handler::{JobContext, JobError};
+    /// # use serde_json::{json, Map, Value};
+    /// fn charge(ctx: &mut JobContext<'_>, args: &Map<String, Value>) -> Result<Value, JobError> {
+    ///     let order = args.get("order").and_then(Value::as_i64)
+    ///         .ok_or_else(|| JobError::invalid_args("`order` must be an integer"))?;
+    ///     ctx.transaction_completing("main", |db| {
+    ///         db.query_sql("INSERT INTO charges (order_id) VALUES ($1)", &[&order])?;
+    ///         Ok(json!({ "charged": order }))
+    ///     })
+    /// }
+    /// ```
+    pub fn transaction_completing(
+        &mut self,
+        database: &str,
+        work: impl FnOnce(&mut PooledConnection) -> Result<Value, JobError>,
+    ) -> Result<Value, JobError> {
+        let completing = self
+            .durable
+            .as_deref()
+            .filter(|run| run.database == database && !run.completed)
+            .map(|run| (run.claim, run.slot, run.started));
+        let Some((claim, slot, started)) = completing else {
+            return self.transaction(database, work);
+        };
+        let conn = self.db(database)?;
+        conn.batch_execute("BEGIN")?;
+        let mut open = OpenTransaction { conn, open: true };
+        let value = work(open.conn)?;
+        let result = serde_json::json!({
+            "value": value,
+            "worker": slot,
+            "pid": std::process::id(),
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1000.0,
+        });
+        if !crate::queue::claim::complete(open.conn, claim, &result.to_string(), true)? {
+            return Err(JobError::failed(
+                "this worker lost the job's claim (it was taken back meanwhile); its \
+                 transaction was rolled back",
+            ));
+        }
+        open.conn.batch_execute("COMMIT")?;
+        open.open = false;
+        drop(open);
+        if let Some(run) = self.durable.as_deref_mut() {
+            run.completed = true;
+        }
         Ok(value)
     }
 }

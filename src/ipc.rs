@@ -100,6 +100,10 @@ pub enum ToKeeper {
         worker: i64,
         why: String,
     },
+    /// Renew the leases of the durable jobs running on this host.
+    Renew {
+        job_ids: Vec<i64>,
+    },
     /// Every worker is gone: put back what this instance still holds, then exit.
     Stop,
     /// Exit without touching the jobs (a reload replaces the keeper; workers still run).
@@ -142,9 +146,10 @@ pub enum FromKeeper {
     Rescued {
         count: u64,
     },
-    /// Jobs by queue and state, for `status`.
+    /// Jobs by queue and state, and the hosts sharing the queue, for `status`.
     Counts {
         queues: Value,
+        hosts: Value,
     },
     Heartbeat {
         rss_bytes: u64,

@@ -109,6 +109,41 @@ fn commit_a_witness(service: &Service, note: &str) -> i64 {
 }
 
 #[test]
+fn an_enqueued_handler_completes_its_job_in_its_own_transaction() {
+    let cluster = Cluster::shared();
+    faults_service(cluster, "rollback"); // creates the table once
+    let mut options = ServiceOptions::on(cluster)
+        .example("handler_faults")
+        .durable()
+        .queue_key("poll_interval", "\"100ms\"");
+    options.workers = 1;
+    let service = Service::start(options);
+    let answer = service.client().request(json!({"id": 1, "op": "enqueue",
+        "job": "notes_exactly_once", "args": {"note": "durable-handler"}}));
+    let id = answer["result"]["job_id"].as_i64().expect("a job id");
+    let done = service
+        .client()
+        .request(json!({"id": 2, "op": "result", "job_id": id,
+        "wait_ms": 30_000}));
+    assert_eq!(done["result"]["state"], "completed", "{done}");
+    assert_eq!(
+        done["result"]["result"]["value"],
+        json!({"noted": "durable-handler", "durable": true})
+    );
+    assert_eq!(notes(cluster, "durable-handler"), 1);
+    assert!(
+        service
+            .logs()
+            .contains(&format!("job {id} completed by its handler (exactly once)")),
+        "the worker completed it instead of the handler's transaction"
+    );
+    // As a `run` job it is a plain transaction.
+    let run = service.submit("notes_exactly_once", json!({"note": "run-handler"}));
+    assert_eq!(run["result"]["value"]["durable"], false, "{run}");
+    assert_eq!(notes(cluster, "run-handler"), 1);
+}
+
+#[test]
 fn a_handler_error_rolls_back_what_it_wrote() {
     let cluster = Cluster::shared();
     // No reset at checkin: if the helper did not roll back, the insert would still be open

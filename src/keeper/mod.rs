@@ -34,6 +34,7 @@ use crate::databases::Databases;
 use crate::ipc::{self, FromKeeper, ToKeeper};
 use crate::pool::{Pool, PooledConnection};
 use crate::queue::keeping::{self, JobDefaults, Rescue};
+use crate::queue::leases;
 use crate::queue::schema;
 
 /// How long one chore's statements may take before they are cancelled and retried later.
@@ -85,6 +86,10 @@ struct Keeper {
     prepare_retry: Duration,
     next_counts: Instant,
     next_heartbeat: Instant,
+    /// When lapsed leases (of any host) are next looked for: every poll interval.
+    next_lapsed_rescue: Instant,
+    /// This machine's name, for the hosts table.
+    hostname: String,
     /// The last start-up problem, logged once until it changes.
     last_problem: Option<String>,
 }
@@ -129,6 +134,10 @@ fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
         prepare_retry: PREPARE_RETRY_MIN,
         next_counts: now,
         next_heartbeat: now,
+        next_lapsed_rescue: now,
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_string())
+            .unwrap_or_else(|_| "localhost".to_string()),
         last_problem: None,
     };
     let mut reader = BufReader::with_capacity(64 * 1024, channel);
@@ -158,15 +167,34 @@ impl Keeper {
             });
             self.next_heartbeat = now + HEARTBEAT_EVERY;
         }
+        if self.ready && now >= self.next_lapsed_rescue {
+            self.next_lapsed_rescue = now + self.setup.queue.poll_interval;
+            let rescued = self
+                .checkout()
+                .and_then(|mut conn| leases::rescue_lapsed(&mut conn));
+            match rescued {
+                Ok(0) => {}
+                Ok(n) => {
+                    warn!(target: "forkpool::queue", "took back {n} jobs whose host's lease lapsed (host_lost)");
+                    self.send(&FromKeeper::Rescued { count: n });
+                    self.send(&FromKeeper::Wake);
+                }
+                Err(e) => warn!(target: "forkpool::queue", "looking for lapsed leases: {e}"),
+            }
+        }
         if self.ready && now >= self.next_counts {
             self.next_counts = now + COUNTS_EVERY;
-            if let Ok(mut conn) = self.checkout() {
-                match keeping::queue_counts(&mut conn) {
-                    Ok(counts) => self.send(&FromKeeper::Counts {
-                        queues: serde_json::to_value(counts).unwrap_or_default(),
-                    }),
-                    Err(e) => warn!(target: "forkpool::queue", "counting jobs: {e}"),
-                }
+            let counted = self.checkout().and_then(|mut conn| {
+                let queues = keeping::queue_counts(&mut conn)?;
+                let hosts = leases::hosts(&mut conn, 3 * self.setup.queue.lease)?;
+                Ok((queues, hosts))
+            });
+            match counted {
+                Ok((queues, hosts)) => self.send(&FromKeeper::Counts {
+                    queues: serde_json::to_value(queues).unwrap_or_default(),
+                    hosts: serde_json::to_value(hosts).unwrap_or_default(),
+                }),
+                Err(e) => warn!(target: "forkpool::queue", "counting jobs: {e}"),
             }
         }
     }
@@ -185,6 +213,9 @@ impl Keeper {
             };
             let rescued = keeping::rescue(&mut conn, earlier, "the service was restarted")
                 .map_err(|e| format!("rescuing earlier instances' jobs: {e}"))?;
+            let (host, instance) = (&self.setup.host, self.setup.instance);
+            leases::heartbeat(&mut conn, host, instance, &self.hostname)
+                .map_err(|e| format!("registering this host: {e}"))?;
             if rescued > 0 {
                 info!(target: "forkpool::queue", "rescued {rescued} jobs an earlier instance of this host held");
             }
@@ -236,7 +267,7 @@ impl Keeper {
     fn wait_for_frames(&self, reader: &mut BufReader<UnixStream>) -> Result<Vec<ToKeeper>, i32> {
         let mut due = self.next_heartbeat;
         if self.ready {
-            due = due.min(self.next_counts);
+            due = due.min(self.next_counts).min(self.next_lapsed_rescue);
         } else {
             due = due.min(self.next_prepare);
         }

@@ -11,6 +11,7 @@ use crate::ipc::{EnqueueOptions, FromKeeper, ToKeeper};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
 use crate::queue::keeping::{self, Cancelled, NewJob, Rescue};
+use crate::queue::leases;
 
 /// The job states after which nothing more happens to a job.
 pub const FINISHED_STATES: [&str; 3] = ["completed", "discarded", "cancelled"];
@@ -32,6 +33,7 @@ impl Keeper {
                 ToKeeper::Read { request, job_id } => self.read(request, job_id),
                 ToKeeper::Cancel { request, job_id } => self.cancel(request, job_id),
                 ToKeeper::RescueWorker { worker, why } => self.rescue_worker(worker, &why),
+                ToKeeper::Renew { job_ids } => self.renew(&job_ids),
                 ToKeeper::Stop => stop = true,
                 ToKeeper::Exit => exit = true,
             }
@@ -234,6 +236,24 @@ impl Keeper {
             // The jobs stay `running` under a dead holder: the next start of this host, or
             // another host once the lease lapses, takes them back.
             Err(e) => warn!(target: "forkpool::queue", "rescuing worker {worker}'s jobs: {e}"),
+        }
+    }
+
+    /// Renews this host's leases, and its heartbeat with them.
+    fn renew(&mut self, job_ids: &[i64]) {
+        if !self.ready {
+            return;
+        }
+        let renewed = self.checkout().and_then(|mut conn| {
+            let (host, instance) = (&self.setup.host, self.setup.instance);
+            leases::heartbeat(&mut conn, host, instance, &self.hostname)?;
+            leases::renew(&mut conn, host, instance, job_ids, self.setup.queue.lease)
+        });
+        match renewed {
+            Ok(n) => debug!(target: "forkpool::queue", "renewed {n} leases"),
+            // Not renewed, the leases lapse and other hosts take the jobs back: that is the
+            // contract when this host cannot reach the database.
+            Err(e) => warn!(target: "forkpool::queue", "renewing leases: {e}"),
         }
     }
 

@@ -69,6 +69,10 @@ pub struct Durable {
     pub claims: HashMap<u64, ClaimInFlight>,
     /// The keeper's last counts by queue and state, for `status`.
     pub counts: Value,
+    /// The hosts sharing the queue, as the keeper last saw them.
+    pub hosts: Value,
+    /// When the leases of this host's running jobs are next renewed.
+    next_renewal: Option<Instant>,
     pub totals: DurableTotals,
 }
 
@@ -140,6 +144,7 @@ impl Durable {
             now,
             overdue
                 .chain(self.next_poll)
+                .chain(self.next_renewal)
                 .chain(self.keeper.next_deadline(now)),
         )
     }
@@ -175,6 +180,17 @@ impl Master {
             self.durable.poll();
             self.durable.next_poll = Some(now + self.config.queue.poll_interval);
             self.reread_parked_results();
+        }
+        // A third of the lease: two renewals may fail (a slow database) before it lapses.
+        if self.durable.ready && self.durable.next_renewal.is_none_or(|at| now >= at) {
+            self.durable.next_renewal = Some(now + self.config.queue.lease / 3);
+            let job_ids = self
+                .durable
+                .claims
+                .values()
+                .filter_map(|claim| Some(claim.job.as_ref()?.0.job_id))
+                .collect();
+            self.durable.keeper.send(&ToKeeper::Renew { job_ids });
         }
     }
 
@@ -328,7 +344,10 @@ impl Master {
                 FromKeeper::Rescued { count } => {
                     self.durable.totals.rescued += count;
                 }
-                FromKeeper::Counts { queues } => self.durable.counts = queues,
+                FromKeeper::Counts { queues, hosts } => {
+                    self.durable.counts = queues;
+                    self.durable.hosts = hosts;
+                }
                 FromKeeper::Heartbeat { .. } => self.durable.keeper.heard_healthy(),
             }
         }
@@ -357,6 +376,7 @@ impl Master {
             "database": self.config.queue.database,
             "running": self.durable.running(),
             "queues": self.durable.counts,
+            "hosts": self.durable.hosts,
             "totals": {
                 "enqueued": t.enqueued, "claimed": t.claimed, "completed": t.completed,
                 "retried": t.retried, "discarded": t.discarded, "cancelled": t.cancelled,

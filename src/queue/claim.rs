@@ -142,9 +142,15 @@ pub fn complete(
     Ok(!updated.is_empty())
 }
 
-/// The jsonb object a failure appends to `errors` (SQL over the row's own `attempt`).
-pub(crate) const ERROR_OBJECT: &str = "jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(\
-    'attempt', attempt, 'at', now(), 'kind', $3::text, 'message', $4::text, 'sqlstate', $5::text)))";
+/// The SQL of what a failure appends to `errors` (over the row's own `attempt`), with the
+/// kind, message and SQLSTATE taken from the statement's parameters named.
+pub(crate) fn error_object(kind: &str, message: &str, sqlstate: &str) -> String {
+    format!(
+        "jsonb_build_array(jsonb_strip_nulls(jsonb_build_object('attempt', attempt, \
+         'at', now(), 'kind', {kind}::text, 'message', {message}::text, \
+         'sqlstate', {sqlstate}::text)))"
+    )
+}
 
 /// Records a failed attempt. `retry_after` is the backoff when the error is worth retrying
 /// (`None`: discard now, as for `invalid_args`); a job out of attempts is discarded, one whose
@@ -166,10 +172,11 @@ pub fn fail(
                           THEN now() + make_interval(secs => $7) ELSE run_at END, \
             finished_at = CASE WHEN NOT cancel_requested AND $6 AND attempt < max_attempts \
                                THEN NULL ELSE now() END, \
-            errors = errors || {ERROR_OBJECT}, \
+            errors = errors || {error}, \
             host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, lease_until = NULL \
           WHERE id = $1 AND claim_count = $2 AND state = 'running' \
-         RETURNING state"
+         RETURNING state",
+        error = error_object("$3", "$4", "$5")
     );
     let rows = conn.query_sql(
         &sql,

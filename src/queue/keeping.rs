@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::claim::ERROR_OBJECT;
+use super::claim::error_object;
 use crate::pool::{self, PooledConnection};
 
 /// One job to enqueue, as the socket's `enqueue` request gives it (arguments already checked
@@ -190,7 +190,7 @@ pub fn rescue(
                            WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END, \
               finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts \
                                  THEN now() END, \
-              run_at = now(), errors = errors || {ERROR_OBJECT}, \
+              run_at = now(), errors = errors || {error}, \
               host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
               lease_until = NULL \
             WHERE state = 'running' AND {filter} \
@@ -198,7 +198,8 @@ pub fn rescue(
          notified AS ( \
            SELECT pg_notify('forkpool_jobs', q.queue) \
              FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') q) \
-         SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM notified)"
+         SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM notified)",
+        error = error_object("$3", "$4", "$5")
     );
     let rows = match &worker {
         Some(worker) => conn.query_sql(

@@ -5,11 +5,13 @@
 //! - [`schema`]: versions and the migration (`forkpool migrate`, `queue.migrate = "auto"`);
 //! - [`claim`]: a worker claims a job and settles it once, fenced by its claim;
 //! - [`keeping`]: the keeper's statements (enqueue batches, result, cancel, rescue, counts);
+//! - [`leases`]: hosts' heartbeats, leases, and the rescue of jobs whose lease lapsed;
 //! - [`backoff`]: when a failed job runs again.
 
 pub mod backoff;
 pub mod claim;
 pub mod keeping;
+pub mod leases;
 pub mod schema;
 
 use crate::pool::{self, PooledConnection};

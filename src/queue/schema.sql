@@ -46,8 +46,22 @@ CREATE UNIQUE INDEX jobs_unique_key ON forkpool.jobs (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('available', 'running');
 -- Rescue looks up what one host, instance or worker holds.
 CREATE INDEX jobs_running_holder ON forkpool.jobs (host, instance, worker) WHERE state = 'running';
+-- Lapsed leases: what another host may take back.
+CREATE INDEX jobs_lease ON forkpool.jobs (lease_until) WHERE state = 'running';
 -- Status counts and pruning by state and age.
 CREATE INDEX jobs_state_queue ON forkpool.jobs (state, queue);
+
+-- The services sharing this queue: one row per host instance, its heartbeat renewed with
+-- its leases. `status` lists them; nothing depends on a row being here (no leader).
+CREATE TABLE forkpool.hosts (
+    host        text        NOT NULL,
+    instance    bigint      NOT NULL,
+    hostname    text        NOT NULL,
+    pid         int         NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (host, instance)
+);
 
 -- What a job file says about its durable runs, written by every service from its catalog,
 -- so that `forkpool.enqueue()` from SQL uses the same defaults as the socket.

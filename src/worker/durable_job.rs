@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 
 use super::sql_job;
 use crate::catalog::{Catalog, JobKind, JobSpec, SqlJob};
+use crate::handler::DurableRun as HandlerRun;
 use crate::ipc::{ClaimedJob as ClaimedFrame, FromWorker};
 use crate::pool::{self, PooledConnection};
 use crate::pools::{pool_error_body, Pools};
@@ -136,9 +137,37 @@ impl DurableRun<'_> {
                 let outcome = self.run_on(&mut conn, spec, sql, &args, deadline, started);
                 self.settle_at_least_once(Some(conn), job, spec, outcome)
             }
-            _ => {
-                // Another database, or a handler that may use the queue's database itself:
-                // give the claim's session back while the job runs.
+            JobKind::Rust(rust) => {
+                // The handler may use the queue's database itself: give the claim's session
+                // back while it runs. It may complete the job in its own transaction.
+                drop(conn);
+                let mut run = HandlerRun {
+                    claim: job.claim,
+                    database: self.setup.database.clone(),
+                    slot: self.slot,
+                    started,
+                    completed: false,
+                };
+                let outcome = super::rust_job::run(
+                    &rust.handler,
+                    job.claim.id as u64,
+                    &spec.name,
+                    &args,
+                    deadline,
+                    self.pools,
+                    Some(&mut run),
+                );
+                if run.completed {
+                    debug!(target: "forkpool::queue", "job {} completed by its handler (exactly once)", job.claim.id);
+                    return Outcome::Completed;
+                }
+                let outcome = outcome.map(|value| {
+                    self.result_object(serde_json::json!({ "value": value }), started)
+                });
+                self.settle_at_least_once(None, job, spec, outcome)
+            }
+            JobKind::Sql(_) => {
+                // Another database: give the claim's session back while the job runs.
                 drop(conn);
                 let mut held = None;
                 let outcome = super::run_spec(

@@ -374,7 +374,15 @@ fn run_spec(
 ) -> Result<String, ErrorBody> {
     let mut result = match &spec.kind {
         JobKind::Rust(rust) => {
-            let value = rust_job::run(&rust.handler, job_id, &spec.name, args, deadline, pools)?;
+            let value = rust_job::run(
+                &rust.handler,
+                job_id,
+                &spec.name,
+                args,
+                deadline,
+                pools,
+                None,
+            )?;
             json!({ "value": value })
         }
         JobKind::Sql(sql) => {

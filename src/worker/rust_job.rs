@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::handler::{HandlerRef, JobContext};
+use crate::handler::{DurableRun, HandlerRef, JobContext};
 use crate::pools::Pools;
 use crate::protocol::{ErrorBody, ErrorKind};
 
@@ -21,9 +21,10 @@ pub fn run(
     args: &Map<String, Value>,
     deadline: Instant,
     pools: &Pools,
+    durable: Option<&mut DurableRun>,
 ) -> Result<Value, ErrorBody> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let mut ctx = JobContext::new(job_id, job, deadline, pools);
+        let mut ctx = JobContext::new(job_id, job, deadline, pools, durable);
         handler.0.run(&mut ctx, args)
     }));
     match outcome {

@@ -202,13 +202,7 @@ impl Service {
         for (key, value) in &options.worker_keys {
             config += &format!("{key} = {value}\n");
         }
-        config += &format!(
-            "\n[databases.main]\nurl = {}\n",
-            toml_string(&options.database_url)
-        );
-        for (key, value) in &options.database_keys {
-            config += &format!("{key} = {value}\n");
-        }
+        // Before [databases.main], which stays last: tests append keys to it.
         config += "\n[queue]\n";
         if options.queue_keys.is_empty() {
             config += "database = \"\"\n";
@@ -225,6 +219,13 @@ impl Service {
             for (key, value) in limits {
                 config += &format!("{} = {value}\n", &key["limits.".len()..]);
             }
+        }
+        config += &format!(
+            "\n[databases.main]\nurl = {}\n",
+            toml_string(&options.database_url)
+        );
+        for (key, value) in &options.database_keys {
+            config += &format!("{key} = {value}\n");
         }
         let config_path = config_dir.join("forkpool.toml");
         std::fs::write(&config_path, config).unwrap();
