@@ -104,6 +104,18 @@ pub enum ToKeeper {
     Renew {
         job_ids: Vec<i64>,
     },
+    /// `queues`, `pause`, `resume`: queue control, answered like a request.
+    Queues {
+        request: u64,
+    },
+    Pause {
+        request: u64,
+        queue: String,
+    },
+    Resume {
+        request: u64,
+        queue: String,
+    },
     /// Every worker is gone: put back what this instance still holds, then exit.
     Stop,
     /// Exit without touching the jobs (a reload replaces the keeper; workers still run).
@@ -150,6 +162,7 @@ pub enum FromKeeper {
     Counts {
         queues: Value,
         hosts: Value,
+        schedules: Value,
     },
     Heartbeat {
         rss_bytes: u64,

@@ -72,6 +72,11 @@ impl Loaded {
                     database: database.clone(),
                     host: host.clone(),
                     instance,
+                    schedules: config
+                        .schedules
+                        .iter()
+                        .map(|(name, s)| (name.clone(), s.clone()))
+                        .collect(),
                 };
                 keeper::run(channel, master, setup)
             });
@@ -131,6 +136,25 @@ pub(crate) fn check(config: Config, handlers: &Handlers) -> Result<Loaded, Vec<S
                 config.workers.job_timeout,
             );
             problems.extend(added.err());
+        }
+        for (name, schedule) in &config.schedules {
+            match catalog.get(&schedule.job) {
+                None => problems.push(format!(
+                    "schedules.{name}.job: no job named `{}` in the catalog",
+                    schedule.job
+                )),
+                Some(spec) => problems.extend(
+                    spec.check_args(&schedule.args)
+                        .err()
+                        .map(|e| format!("schedules.{name}.args: {e}")),
+                ),
+            }
+            if config.queue.database.is_none() && !config.schedules.is_empty() {
+                problems.push(format!(
+                    "schedules.{name}: schedules enqueue durable jobs, which are off \
+                     (queue.database = \"\")"
+                ));
+            }
         }
         for job in catalog.jobs() {
             let Some(sql) = job.sql() else { continue };

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use figment::value::Value;
 
+use super::database_keys::set_database;
 use super::layers::{self, Origin, Setting};
 use super::queue::{check_database, set_queue, QUEUE_KEYS};
+use super::schedules::{set_schedule, ScheduleConfig, SCHEDULE_KEYS};
 use super::values;
 use super::{Config, ConfigErrors, DatabaseConfig, QueueConfig, ServiceConfig, WorkersConfig};
 
@@ -20,7 +22,7 @@ pub enum FoundBy {
     Caller,
 }
 
-const SECTIONS: &[&str] = &["service", "workers", "databases", "queue"];
+const SECTIONS: &[&str] = &["service", "workers", "databases", "queue", "schedules"];
 
 const SERVICE_KEYS: &[&str] = &[
     "socket",
@@ -49,25 +51,6 @@ const WORKERS_KEYS: &[&str] = &[
     "boot_timeout",
     "restart_backoff_max",
     "give_up_after",
-];
-
-const DATABASE_KEYS: &[&str] = &[
-    "url",
-    "password_file",
-    "pool_size",
-    "min_idle",
-    "checkout_timeout",
-    "connect_timeout",
-    "pre_ping",
-    "ping_after",
-    "max_lifetime",
-    "lifetime_jitter",
-    "idle_timeout",
-    "reset_on_return",
-    "leak_threshold",
-    "statement_timeout",
-    "application_name",
-    "max_connections_budget",
 ];
 
 /// Smallest `max_request_bytes` that still fits an ordinary request with its arguments.
@@ -130,14 +113,14 @@ pub fn keys_with_passwords(text: &str) -> Vec<String> {
 fn key_depth(section: &str) -> usize {
     match section {
         // `queue.limits.NAME`; the other `queue.KEY`s stop at two by themselves.
-        "databases" | "queue" => 3,
+        "databases" | "queue" | "schedules" => 3,
         s if SECTIONS.contains(&s) => 2,
         _ => 1,
     }
 }
 
 /// Why one setting could not be applied.
-enum Fault {
+pub(super) enum Fault {
     /// No such key; the closest known name, if one is close.
     Unknown(Option<&'static str>),
     /// The key exists; the value is wrong for the reason given.
@@ -158,6 +141,7 @@ struct Loader {
     workers: WorkersConfig,
     databases: BTreeMap<String, DatabaseConfig>,
     queue: QueueConfig,
+    schedules: BTreeMap<String, ScheduleConfig>,
     /// Where each key's current value came from, for the cross-key messages.
     origins: HashMap<String, Origin>,
     /// Keys whose value was wrong: cross-key checks skip them rather than report twice.
@@ -173,6 +157,7 @@ impl Loader {
             workers: WorkersConfig::default(),
             databases: BTreeMap::new(),
             queue: QueueConfig::default(),
+            schedules: BTreeMap::new(),
             origins: HashMap::new(),
             failed: HashSet::new(),
             problems: Vec::new(),
@@ -202,6 +187,15 @@ impl Loader {
             ["queue", key] => set_queue(&mut self.queue, key, None, &value).map_err(|fault| {
                 fault.map_or(Fault::Unknown(closest(key, QUEUE_KEYS)), Fault::Bad)
             }),
+            ["schedules", name] => expect_table(&value).inspect(|()| {
+                self.schedules.entry(name.to_string()).or_default();
+            }),
+            ["schedules", name, key] => set_schedule(
+                self.schedules.entry(name.to_string()).or_default(),
+                key,
+                &value,
+            )
+            .map_err(|fault| fault.map_or(Fault::Unknown(closest(key, SCHEDULE_KEYS)), Fault::Bad)),
             ["queue", "limits", name] => set_queue(&mut self.queue, "limits", Some(name), &value)
                 .map_err(|fault| fault.map_or(Fault::Unknown(None), Fault::Bad)),
             ["databases", name] => expect_table(&value).inspect(|()| {
@@ -336,6 +330,24 @@ impl Loader {
         });
     }
 
+    /// Each schedule names a job and when it ticks.
+    fn check_schedules(&mut self) {
+        let schedules = self.schedules.clone();
+        for (name, schedule) in &schedules {
+            let key = format!("schedules.{name}");
+            self.check(!schedule.job.is_empty(), &format!("{key}.job"), &[], || {
+                format!("{key}: `job` is missing: name the job each tick enqueues")
+            });
+            let when = [format!("{key}.cron"), format!("{key}.every")];
+            self.check(
+                schedule.every.is_some(),
+                &key,
+                &[&when[0], &when[1]],
+                || format!("{key}: give `cron` (e.g. \"0 3 * * *\") or `every` (e.g. \"10m\")"),
+            );
+        }
+    }
+
     /// Makes relative paths relative to the file's directory, so every command given the
     /// same file agrees on the socket and the catalog whatever its working directory. The
     /// directory is canonicalized (`..` and symlinked directories resolved by the system);
@@ -368,6 +380,7 @@ impl Loader {
         self.check_workers();
         self.check_databases();
         self.check_queue();
+        self.check_schedules();
         let file = self.resolve_paths();
         let config = Config {
             file,
@@ -375,6 +388,7 @@ impl Loader {
             workers: self.workers,
             databases: self.databases,
             queue: self.queue,
+            schedules: self.schedules,
         };
         if !self.problems.is_empty() {
             return Err(ConfigErrors {
@@ -431,29 +445,6 @@ fn set_workers(w: &mut WorkersConfig, key: &str, v: &Value) -> Result<(), Fault>
     Ok(())
 }
 
-fn set_database(d: &mut DatabaseConfig, key: &str, v: &Value) -> Result<(), Fault> {
-    match key {
-        "url" => d.url = values::text(v)?,
-        "password_file" => d.password_file = values::optional_path(v)?,
-        "pool_size" => d.pool_size = values::whole_number(v)?,
-        "min_idle" => d.min_idle = values::whole_number(v)?,
-        "checkout_timeout" => d.checkout_timeout = values::duration(v)?,
-        "connect_timeout" => d.connect_timeout = values::duration(v)?,
-        "pre_ping" => d.pre_ping = values::boolean(v)?,
-        "ping_after" => d.ping_after = values::duration(v)?,
-        "max_lifetime" => d.max_lifetime = values::optional_duration(v)?,
-        "lifetime_jitter" => d.lifetime_jitter = values::duration(v)?,
-        "idle_timeout" => d.idle_timeout = values::optional_duration(v)?,
-        "reset_on_return" => d.reset_on_return = values::reset_on_return(v)?,
-        "leak_threshold" => d.leak_threshold = values::optional_duration(v)?,
-        "statement_timeout" => d.statement_timeout = values::optional_duration(v)?,
-        "application_name" => d.application_name = values::text(v)?,
-        "max_connections_budget" => d.max_connections_budget = values::whole_number(v)?,
-        _ => return Err(Fault::Unknown(closest(key, DATABASE_KEYS))),
-    }
-    Ok(())
-}
-
 fn did_you_mean(hint: Option<&str>) -> String {
     hint.map(|k| format!(" (did you mean `{k}`?)"))
         .unwrap_or_default()
@@ -461,7 +452,7 @@ fn did_you_mean(hint: Option<&str>) -> String {
 
 /// The known name closest to a misspelt one, if it is close enough to be a typo (at most
 /// two edits, transpositions counting as one).
-fn closest(typo: &str, known: &[&'static str]) -> Option<&'static str> {
+pub(super) fn closest(typo: &str, known: &[&'static str]) -> Option<&'static str> {
     known
         .iter()
         .map(|k| (edit_distance(typo, k), *k))

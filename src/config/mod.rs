@@ -5,9 +5,11 @@
 //! never stops at the first mistake: a person fixing a config file wants the whole list at
 //! once, so every layer is walked key by key and every problem is collected.
 
+mod database_keys;
 mod layers;
 mod load;
 mod queue;
+mod schedules;
 mod values;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use crate::pool::ResetOnReturn;
 pub use queue::{Migrate, QueueConfig};
+pub use schedules::{parse_cron, parse_timezone, Every, ScheduleConfig};
 
 /// Where the configuration is looked for when neither `--config` nor `$FORKPOOL_CONFIG`
 /// names a file (relative to the current directory).
@@ -37,6 +40,8 @@ pub struct Config {
     pub databases: BTreeMap<String, DatabaseConfig>,
     /// Durable jobs (DESIGN §12).
     pub queue: QueueConfig,
+    /// Periodic durable jobs, by name (DESIGN §13).
+    pub schedules: BTreeMap<String, ScheduleConfig>,
 }
 
 /// `[service]`: the socket clients talk to and the master's limits.
@@ -360,6 +365,7 @@ mod tests {
             workers: WorkersConfig::default(),
             databases: BTreeMap::new(),
             queue: QueueConfig::default(),
+            schedules: BTreeMap::new(),
         };
         let urls = [
             "postgresql://app:hunter2-xyz@db/main",

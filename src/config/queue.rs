@@ -17,6 +17,7 @@ pub const QUEUE_KEYS: &[&str] = &[
     "poll_interval",
     "concurrency",
     "retention",
+    "discarded_retention",
     "lease",
     "host_id",
     "limits",
@@ -44,6 +45,8 @@ pub struct QueueConfig {
     pub concurrency: Option<usize>,
     /// Completed and cancelled jobs are kept this long.
     pub retention: Duration,
+    /// Discarded jobs are kept this long: their errors are what someone will want to read.
+    pub discarded_retention: Duration,
     /// How long a running job's claim holds without renewal before another host may rescue it.
     pub lease: Duration,
     /// This host's stable identity in `forkpool.jobs.host`; `None`: the host name and the
@@ -65,6 +68,8 @@ impl Default for QueueConfig {
             concurrency: None,
             // A day of history to inspect, without the table growing without bound.
             retention: Duration::from_secs(24 * 3600),
+            // A week: a failure found on Monday can still be read from Friday's rows.
+            discarded_retention: Duration::from_secs(7 * 24 * 3600),
             // Long enough for a pause (GC, failover) not to cost a rescue; short enough that
             // a dead host's jobs come back within the minute.
             lease: Duration::from_secs(30),
@@ -117,6 +122,9 @@ pub fn set_queue(
             q.concurrency = (n > 0).then_some(n);
         }
         ("retention", None) => q.retention = values::duration(v).map_err(bad)?,
+        ("discarded_retention", None) => {
+            q.discarded_retention = values::duration(v).map_err(bad)?
+        }
         ("lease", None) => {
             let lease = values::duration(v).map_err(bad)?;
             if lease < Duration::from_secs(1) {

@@ -16,6 +16,7 @@
 
 mod listen;
 mod requests;
+mod schedules;
 
 use std::io::{BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
 
@@ -50,6 +51,13 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const PREPARE_RETRY_MIN: Duration = Duration::from_millis(500);
 const PREPARE_RETRY_MAX: Duration = Duration::from_secs(10);
 
+/// How often finished jobs past their retention are pruned (by one host at a time).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Rows deleted per pruning transaction, and the time one pruning round may take: small
+/// batches, so a large backlog never holds a long lock.
+const PRUNE_BATCH: i64 = 500;
+const PRUNE_BUDGET: Duration = Duration::from_secs(2);
+
 /// Frames taken in one batch at most: bounds one enqueue statement.
 const BATCH: usize = 1000;
 
@@ -63,6 +71,8 @@ pub struct KeeperSetup {
     /// This host's stable identity and this instance's number (DESIGN §12).
     pub host: String,
     pub instance: i64,
+    /// `[schedules]`, checked at load.
+    pub schedules: Vec<(String, crate::config::ScheduleConfig)>,
 }
 
 /// The keeper's entry point, called in the child right after `fork()`. Never returns.
@@ -90,6 +100,8 @@ struct Keeper {
     next_lapsed_rescue: Instant,
     /// This machine's name, for the hosts table.
     hostname: String,
+    schedules: Vec<schedules::Schedule>,
+    next_prune: Instant,
     /// The last start-up problem, logged once until it changes.
     last_problem: Option<String>,
 }
@@ -124,6 +136,11 @@ fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
         let database = setup.database.clone();
         thread::spawn(move || listen::wake_master_on_notify(&database, spec, &writer));
     }
+    let schedules = setup
+        .schedules
+        .iter()
+        .filter_map(|(name, config)| schedules::Schedule::from_config(name, config))
+        .collect();
     let now = Instant::now();
     let mut keeper = Keeper {
         setup,
@@ -135,6 +152,8 @@ fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
         next_counts: now,
         next_heartbeat: now,
         next_lapsed_rescue: now,
+        schedules,
+        next_prune: now + PRUNE_EVERY / 4,
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_string())
             .unwrap_or_else(|_| "localhost".to_string()),
@@ -182,6 +201,13 @@ impl Keeper {
                 Err(e) => warn!(target: "forkpool::queue", "looking for lapsed leases: {e}"),
             }
         }
+        if self.ready {
+            self.enqueue_due_ticks();
+        }
+        if self.ready && now >= self.next_prune {
+            self.next_prune = now + PRUNE_EVERY;
+            self.prune();
+        }
         if self.ready && now >= self.next_counts {
             self.next_counts = now + COUNTS_EVERY;
             let counted = self.checkout().and_then(|mut conn| {
@@ -190,10 +216,14 @@ impl Keeper {
                 Ok((queues, hosts))
             });
             match counted {
-                Ok((queues, hosts)) => self.send(&FromKeeper::Counts {
-                    queues: serde_json::to_value(queues).unwrap_or_default(),
-                    hosts: serde_json::to_value(hosts).unwrap_or_default(),
-                }),
+                Ok((queues, hosts)) => {
+                    let schedules: Vec<_> = self.schedules.iter().map(|s| s.status()).collect();
+                    self.send(&FromKeeper::Counts {
+                        queues: serde_json::to_value(queues).unwrap_or_default(),
+                        hosts: serde_json::to_value(hosts).unwrap_or_default(),
+                        schedules: serde_json::to_value(schedules).unwrap_or_default(),
+                    })
+                }
                 Err(e) => warn!(target: "forkpool::queue", "counting jobs: {e}"),
             }
         }
@@ -267,7 +297,13 @@ impl Keeper {
     fn wait_for_frames(&self, reader: &mut BufReader<UnixStream>) -> Result<Vec<ToKeeper>, i32> {
         let mut due = self.next_heartbeat;
         if self.ready {
-            due = due.min(self.next_counts).min(self.next_lapsed_rescue);
+            due = due
+                .min(self.next_counts)
+                .min(self.next_lapsed_rescue)
+                .min(self.next_prune);
+            if let Some(tick) = self.next_tick() {
+                due = due.min(tick);
+            }
         } else {
             due = due.min(self.next_prepare);
         }
@@ -292,6 +328,56 @@ impl Keeper {
             if !more || frames.len() >= BATCH {
                 return Ok(frames);
             }
+        }
+    }
+
+    /// Enqueues the schedules' ticks that are due (each once across all hosts).
+    fn enqueue_due_ticks(&mut self) {
+        let now = chrono::Utc::now();
+        if !self
+            .schedules
+            .iter()
+            .any(|s| s.next().is_none_or(|at| at <= now))
+        {
+            return;
+        }
+        let Ok(mut conn) = self.checkout() else {
+            return;
+        };
+        let enqueued: u64 = self
+            .schedules
+            .iter_mut()
+            .map(|schedule| schedule.enqueue_due(&mut conn, now))
+            .sum();
+        drop(conn);
+        if enqueued > 0 {
+            self.send(&FromKeeper::Wake);
+        }
+    }
+
+    /// When the earliest schedule's next tick is due, as an instant of this clock.
+    fn next_tick(&self) -> Option<Instant> {
+        let next = self.schedules.iter().filter_map(|s| s.next()).min()?;
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        Some(Instant::now() + wait)
+    }
+
+    /// Deletes finished jobs past their retention, when no other host is at it.
+    fn prune(&mut self) {
+        let retention = crate::queue::admin::Retention {
+            finished: self.setup.queue.retention,
+            discarded: self.setup.queue.discarded_retention,
+        };
+        let pruned = self.checkout().and_then(|mut conn| {
+            crate::queue::admin::prune(&mut conn, retention, PRUNE_BATCH, PRUNE_BUDGET)
+        });
+        match pruned {
+            Ok(Some(0)) => {}
+            Ok(Some(n)) => {
+                info!(target: "forkpool::queue", "pruned {n} finished jobs past their retention")
+            }
+            Ok(None) => debug!(target: "forkpool::queue", "another host is pruning"),
+            Err(e) => warn!(target: "forkpool::queue", "pruning: {e}"),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::ipc::{EnqueueOptions, FromKeeper, ToKeeper};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
 use crate::queue::keeping::{self, Cancelled, NewJob, Rescue};
-use crate::queue::leases;
+use crate::queue::{admin, leases};
 
 /// The job states after which nothing more happens to a job.
 pub const FINISHED_STATES: [&str; 3] = ["completed", "discarded", "cancelled"];
@@ -34,6 +34,9 @@ impl Keeper {
                 ToKeeper::Cancel { request, job_id } => self.cancel(request, job_id),
                 ToKeeper::RescueWorker { worker, why } => self.rescue_worker(worker, &why),
                 ToKeeper::Renew { job_ids } => self.renew(&job_ids),
+                ToKeeper::Queues { request } => self.list_queues(request),
+                ToKeeper::Pause { request, queue } => self.pause(request, &queue, true),
+                ToKeeper::Resume { request, queue } => self.pause(request, &queue, false),
                 ToKeeper::Stop => stop = true,
                 ToKeeper::Exit => exit = true,
             }
@@ -237,6 +240,43 @@ impl Keeper {
             // another host once the lease lapses, takes them back.
             Err(e) => warn!(target: "forkpool::queue", "rescuing worker {worker}'s jobs: {e}"),
         }
+    }
+
+    /// `queues`: every queue with its counts and whether it is paused.
+    fn list_queues(&self, request: u64) {
+        if !self.ready {
+            return self.answer(request, Err(self.not_ready()), false);
+        }
+        let listed = self
+            .checkout()
+            .and_then(|mut conn| admin::queues(&mut conn));
+        let outcome = match listed {
+            Ok(rows) => Ok(json!({ "queues": rows })),
+            Err(error) => Err(pool_error_body(error, &self.setup.database)),
+        };
+        self.answer(request, outcome, true);
+    }
+
+    /// `pause` / `resume`: stored in the database, so every host sees it at its next claim.
+    fn pause(&self, request: u64, queue: &str, paused: bool) {
+        if !self.ready {
+            return self.answer(request, Err(self.not_ready()), false);
+        }
+        let changed = self.checkout().and_then(|mut conn| {
+            if paused {
+                admin::pause(&mut conn, queue)
+            } else {
+                admin::resume(&mut conn, queue)
+            }
+        });
+        let outcome = match changed {
+            Ok(()) => {
+                info!(target: "forkpool::queue", "queue {queue} {}", if paused { "paused" } else { "resumed" });
+                Ok(json!({ "queue": queue, "paused": paused }))
+            }
+            Err(error) => Err(pool_error_body(error, &self.setup.database)),
+        };
+        self.answer(request, outcome, true);
     }
 
     /// Renews this host's leases, and its heartbeat with them.

@@ -71,6 +71,8 @@ pub struct Durable {
     pub counts: Value,
     /// The hosts sharing the queue, as the keeper last saw them.
     pub hosts: Value,
+    /// Each schedule's next tick.
+    pub schedules: Value,
     /// When the leases of this host's running jobs are next renewed.
     next_renewal: Option<Instant>,
     pub totals: DurableTotals,
@@ -344,9 +346,14 @@ impl Master {
                 FromKeeper::Rescued { count } => {
                     self.durable.totals.rescued += count;
                 }
-                FromKeeper::Counts { queues, hosts } => {
+                FromKeeper::Counts {
+                    queues,
+                    hosts,
+                    schedules,
+                } => {
                     self.durable.counts = queues;
                     self.durable.hosts = hosts;
+                    self.durable.schedules = schedules;
                 }
                 FromKeeper::Heartbeat { .. } => self.durable.keeper.heard_healthy(),
             }
@@ -377,6 +384,7 @@ impl Master {
             "running": self.durable.running(),
             "queues": self.durable.counts,
             "hosts": self.durable.hosts,
+            "schedules": self.durable.schedules,
             "totals": {
                 "enqueued": t.enqueued, "claimed": t.claimed, "completed": t.completed,
                 "retried": t.retried, "discarded": t.discarded, "cancelled": t.cancelled,

@@ -21,6 +21,7 @@ pub struct Pending {
 
 enum Asked {
     Enqueue,
+    /// `cancel`, or queue control: answered as the keeper answers.
     Cancel,
     /// A `result` read; with `until`, it waits for a final state until then.
     Result {
@@ -133,6 +134,25 @@ impl Master {
             self.durable
                 .keeper
                 .send(&ToKeeper::Read { request, job_id });
+        }
+    }
+
+    /// `queues` (`None`), or `pause` / `resume` of a queue: run by the keeper.
+    pub(super) fn accept_queue_control(
+        &mut self,
+        client: ClientId,
+        id: Box<RawValue>,
+        pause: Option<(String, bool)>,
+    ) {
+        if self.refuse_durable(client, &id, "queues") {
+            return;
+        }
+        if let Some(request) = self.ask_keeper(client, id, Asked::Cancel) {
+            self.durable.keeper.send(&match pause {
+                None => ToKeeper::Queues { request },
+                Some((queue, true)) => ToKeeper::Pause { request, queue },
+                Some((queue, false)) => ToKeeper::Resume { request, queue },
+            });
         }
     }
 

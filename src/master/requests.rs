@@ -161,6 +161,10 @@ impl Master {
             }
             Op::Result { job_id, wait_ms } => self.accept_result(client, id, job_id, wait_ms),
             Op::Cancel { job_id } => self.accept_cancel(client, id, job_id),
+            Op::Queues => self.accept_queue_control(client, id, None),
+            Op::Pause { queue, paused } => {
+                self.accept_queue_control(client, id, Some((queue, paused)))
+            }
         }
     }
 }

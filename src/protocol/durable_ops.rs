@@ -1,12 +1,12 @@
-//! The durable ops' fields (DESIGN §12): `enqueue`, `result`, `cancel`. Each mistake is named
-//! by its field, like the rest of the protocol.
+//! The durable ops' fields (DESIGN §12, §13): `enqueue`, `result`, `cancel`, `queues`,
+//! `pause`, `resume`. Each mistake is named by its field, like the rest of the protocol.
 
 use serde::de::DeserializeOwned;
 
 use super::{job_and_args, string_field, Fields, Op};
 use crate::ipc::EnqueueOptions;
 
-/// Parses the fields of op `op` (one of `enqueue`, `result`, `cancel`).
+/// Parses the fields of op `op` (one of the durable ops above).
 pub(super) fn parse(op: &str, fields: &Fields) -> Result<Op, String> {
     match op {
         "enqueue" => {
@@ -27,6 +27,12 @@ pub(super) fn parse(op: &str, fields: &Fields) -> Result<Op, String> {
             }
             Ok(Op::Enqueue { job, args, options })
         }
+        "queues" => Ok(Op::Queues),
+        "pause" | "resume" => Ok(Op::Pause {
+            queue: non_empty(fields, "queue")?
+                .ok_or_else(|| format!("op {op} needs field `queue`, the queue's name"))?,
+            paused: op == "pause",
+        }),
         "result" => Ok(Op::Result {
             job_id: job_id(fields, "result")?,
             wait_ms: number(fields, "wait_ms", "a whole number of milliseconds")?,

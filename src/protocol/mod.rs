@@ -120,6 +120,13 @@ pub enum Op {
     Cancel {
         job_id: i64,
     },
+    /// Queues with their counts and paused flags.
+    Queues,
+    /// Stop (`pause`) or restart claiming a queue's jobs on every host.
+    Pause {
+        queue: String,
+        paused: bool,
+    },
 }
 
 /// A parsed request line.
@@ -234,10 +241,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 timeout_ms,
             }
         }
-        "enqueue" | "result" | "cancel" => match durable_ops::parse(&op, &fields) {
-            Ok(op) => op,
-            Err(message) => return Err(bad(id, message)),
-        },
+        "enqueue" | "result" | "cancel" | "queues" | "pause" | "resume" => {
+            match durable_ops::parse(&op, &fields) {
+                Ok(op) => op,
+                Err(message) => return Err(bad(id, message)),
+            }
+        }
         "status" => Op::Status,
         "ping" => Op::Ping,
         "jobs" => Op::Jobs,
@@ -247,7 +256,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 body: ErrorBody::new(
                     ErrorKind::UnknownOp,
                     format!(
-                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel)"
+                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel, queues, pause, resume)"
                 ),
                 ),
             })
@@ -287,6 +296,8 @@ fn op_fields(op: &Op) -> &'static [&'static str] {
         ],
         Op::Result { .. } => &["id", "op", "job_id", "wait_ms"],
         Op::Cancel { .. } => &["id", "op", "job_id"],
+        Op::Queues => &["id", "op"],
+        Op::Pause { .. } => &["id", "op", "queue"],
     }
 }
 

@@ -64,12 +64,14 @@ pub enum Settled {
 /// The claim: one statement that picks, locks (`SKIP LOCKED`: claimers never wait for each
 /// other) and marks the jobs running with their attempt counted — never select-then-update,
 /// which would let two workers take one job. Only `jobs` (this catalog's names) are picked,
-/// so hosts with different catalogs share one table; queues in `excluded` are at their cap.
+/// so hosts with different catalogs share one table; queues in `excluded` are at their cap,
+/// paused queues are skipped.
 const CLAIM: &str = "\
 WITH picked AS (
     SELECT id FROM forkpool.jobs
      WHERE state = 'available' AND run_at <= now()
        AND job = ANY($1::text[]) AND NOT (queue = ANY($2::text[]))
+       AND NOT EXISTS (SELECT 1 FROM forkpool.paused_queues p WHERE p.queue = jobs.queue)
      ORDER BY priority, run_at, id
      LIMIT $3
      FOR UPDATE SKIP LOCKED)

@@ -6,8 +6,10 @@
 //! - [`claim`]: a worker claims a job and settles it once, fenced by its claim;
 //! - [`keeping`]: the keeper's statements (enqueue batches, result, cancel, rescue, counts);
 //! - [`leases`]: hosts' heartbeats, leases, and the rescue of jobs whose lease lapsed;
+//! - [`admin`]: pausing queues, listing them, pruning, schedule ticks;
 //! - [`backoff`]: when a failed job runs again.
 
+pub mod admin;
 pub mod backoff;
 pub mod claim;
 pub mod keeping;

@@ -48,8 +48,27 @@ CREATE UNIQUE INDEX jobs_unique_key ON forkpool.jobs (unique_key)
 CREATE INDEX jobs_running_holder ON forkpool.jobs (host, instance, worker) WHERE state = 'running';
 -- Lapsed leases: what another host may take back.
 CREATE INDEX jobs_lease ON forkpool.jobs (lease_until) WHERE state = 'running';
--- Status counts and pruning by state and age.
+-- Status counts by state and queue.
 CREATE INDEX jobs_state_queue ON forkpool.jobs (state, queue);
+-- Pruning: finished jobs by age.
+CREATE INDEX jobs_finished ON forkpool.jobs (finished_at)
+    WHERE state IN ('completed', 'cancelled', 'discarded');
+
+-- Paused queues: no host claims their jobs (checked by every claim, so a pause is seen at
+-- once everywhere); enqueueing goes on.
+CREATE TABLE forkpool.paused_queues (
+    queue      text PRIMARY KEY,
+    paused_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Each schedule's ticks, once each across all hosts: the host whose insert of (schedule,
+-- tick) succeeds enqueues the tick's job in the same transaction. No leader.
+CREATE TABLE forkpool.schedule_ticks (
+    schedule   text        NOT NULL,
+    tick       timestamptz NOT NULL,
+    job_id     bigint,
+    PRIMARY KEY (schedule, tick)
+);
 
 -- The services sharing this queue: one row per host instance, its heartbeat renewed with
 -- its leases. `status` lists them; nothing depends on a row being here (no leader).

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::database_keys::DATABASE_KEYS;
 
 /// config/forkpool.toml documents every key: none missing, none the loader lacks.
 #[test]
@@ -16,6 +17,7 @@ fn shipped_file_lists_every_known_key() {
         .map(|k| format!("service.{k}"))
         .chain(WORKERS_KEYS.iter().map(|k| format!("workers.{k}")))
         .chain(DATABASE_KEYS.iter().map(|k| format!("databases.main.{k}")))
+        .chain(QUEUE_KEYS.iter().map(|k| format!("queue.{k}")))
         .collect();
     known.sort();
     assert_eq!(found, known);
