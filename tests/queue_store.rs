@@ -12,6 +12,7 @@ use std::time::Duration;
 use forkpool::pool::{ConnInfo, Pool, PoolSettings, PooledConnection};
 use forkpool::queue::claim::{self, Failure, Holder, Settled};
 use forkpool::queue::keeping::{self, Cancelled, JobDefaults, NewJob, Rescue};
+use forkpool::queue::leases;
 use forkpool::queue::schema::{self, SchemaError, SCHEMA_VERSION};
 use postgres::fallible_iterator::FallibleIterator;
 use support::{Cluster, APP_DATABASE};
@@ -544,4 +545,44 @@ fn a_listening_connection_is_woken_by_an_enqueue_committed_elsewhere_and_times_o
         .unwrap();
     let ended = listener.wait_for_notifications(Duration::from_secs(10));
     assert!(ended.is_err(), "{ended:?}");
+}
+
+#[test]
+fn lapsed_leases_are_taken_back_by_any_host_except_a_row_still_locked_by_its_holder() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    keeping::enqueue_batch(&mut conn, &vec![new_job("l", serde_json::json!({})); 3]).unwrap();
+    let claimed = claim::claim(&mut conn, &names(&["l"]), &[], 3, &holder(1), LEASE).unwrap();
+    // Leases renewed for the first job only; the others lapse.
+    conn.batch_execute("UPDATE forkpool.jobs SET lease_until = now() - interval '1 s'")
+        .unwrap();
+    let renewed = leases::renew(&mut conn, "host-a", 7, &[claimed[0].claim.id], LEASE).unwrap();
+    assert_eq!(renewed, 1);
+    // The frozen holder of the third is inside its completion: its row is locked.
+    let mut frozen = pool.checkout("frozen").unwrap();
+    frozen.batch_execute("BEGIN").unwrap();
+    frozen
+        .query_sql(
+            "SELECT 1 FROM forkpool.jobs WHERE id = $1 FOR UPDATE",
+            &[&claimed[2].claim.id],
+        )
+        .unwrap();
+    let mut other_host = pool.checkout("other host").unwrap();
+    assert_eq!(
+        leases::rescue_lapsed(&mut other_host).unwrap(),
+        1,
+        "the unlocked lapsed one"
+    );
+    frozen.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        leases::rescue_lapsed(&mut other_host).unwrap(),
+        1,
+        "then the other"
+    );
+    let errors = value(
+        &mut conn,
+        "SELECT string_agg(state || ':' || coalesce(errors->0->>'kind', '-'), ',' ORDER BY id) \
+           FROM forkpool.jobs",
+    );
+    assert_eq!(errors, "running:-,available:host_lost,available:host_lost");
 }

@@ -48,7 +48,9 @@ pub fn renew(
 
 /// Takes back every running job whose lease lapsed, on whichever host: runnable again now,
 /// the attempt counted, `host_lost` recorded (out of attempts: discarded; cancel requested:
-/// cancelled). Returns how many.
+/// cancelled). Returns how many. A job whose row is locked is skipped: a frozen host may be
+/// inside its completion, which may still commit when it wakes; it is looked at again at
+/// the next poll, and no host's keeper waits on another host's lock.
 pub fn rescue_lapsed(conn: &mut PooledConnection) -> Result<u64, pool::Error> {
     let sql = format!(
         "WITH rescued AS ( \
@@ -60,7 +62,10 @@ pub fn rescue_lapsed(conn: &mut PooledConnection) -> Result<u64, pool::Error> {
               run_at = now(), errors = errors || {error}, \
               host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
               lease_until = NULL \
-            WHERE state = 'running' AND lease_until < now() \
+             FROM (SELECT id FROM forkpool.jobs \
+                    WHERE state = 'running' AND lease_until < now() \
+                    FOR UPDATE SKIP LOCKED) lapsed \
+            WHERE jobs.id = lapsed.id \
            RETURNING queue, state), \
          notified AS ( \
            SELECT pg_notify('forkpool_jobs', q.queue) \

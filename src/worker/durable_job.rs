@@ -225,7 +225,7 @@ impl DurableRun<'_> {
             }
             Ok(false) => {
                 conn.known_idle();
-                warn!(target: "forkpool::queue", "job {} ({}): this worker lost its claim (the job was rescued meanwhile); its transaction was rolled back", job.claim.id, job.job);
+                warn!(target: "forkpool::queue", "job {} ({}): this worker lost the lease of its claim (the job was taken back meanwhile); its transaction was rolled back", job.claim.id, job.job);
                 Outcome::Lost
             }
             Err(error) => {
@@ -285,7 +285,7 @@ impl DurableRun<'_> {
         match completed {
             Ok(true) => Outcome::Completed,
             Ok(false) => {
-                warn!(target: "forkpool::queue", "job {} ({}): done, but this worker lost its claim meanwhile; it may run again", job.claim.id, job.job);
+                warn!(target: "forkpool::queue", "job {} ({}): done, but this worker lost the lease of its claim meanwhile; it may run again", job.claim.id, job.job);
                 Outcome::Lost
             }
             Err(error) => {
