@@ -38,6 +38,7 @@ impl Loaded {
         let worker_catalog = Arc::clone(&catalog);
         let worker_databases = Arc::clone(&databases);
         let lease = config.queue.lease;
+        let record_backend = config.queue.listen;
         let worker_durable = durable.clone();
         let worker_main: WorkerMain = Arc::new(move |channel, master, slot, number| {
             let durable = worker_durable.as_ref().map(|(database, host, instance)| {
@@ -49,6 +50,7 @@ impl Loaded {
                     },
                     database: database.clone(),
                     lease,
+                    record_backend,
                     jobs: worker_catalog.names().map(str::to_string).collect(),
                 })
             });
@@ -171,10 +173,22 @@ pub(crate) fn check(config: Config, handlers: &Handlers) -> Result<Loaded, Vec<S
         .iter()
         .map(|(name, db)| (name.as_str(), db.pool_size))
         .collect();
+    // The queue keeper's sessions on the queue's database: its requests' and its LISTEN's.
+    let keeper_sessions = match &config.queue.database {
+        Some(_) if config.queue.listen => 2,
+        Some(_) => 1,
+        None => 0,
+    };
     for (name, db) in &config.databases {
         if db.max_connections_budget > 0 {
+            let others = if config.queue.database.as_deref() == Some(name.as_str()) {
+                keeper_sessions
+            } else {
+                0
+            };
+            let budget = db.max_connections_budget;
             if let Err(problem) =
-                pool::check_connection_budget(config.workers.max, &pools, db.max_connections_budget)
+                pool::check_connection_budget(config.workers.max, &pools, others, budget)
             {
                 problems.push(format!(
                     "databases.{name}.max_connections_budget: {problem}"

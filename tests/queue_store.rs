@@ -201,9 +201,17 @@ fn claims_take_priority_then_run_at_then_id_and_only_jobs_this_catalog_knows() {
     )
     .unwrap();
     let mut order = Vec::new();
-    while let Some(job) = claim::claim(&mut conn, &names(&["known"]), &[], 1, &holder(1), LEASE)
-        .unwrap()
-        .pop()
+    while let Some(job) = claim::claim(
+        &mut conn,
+        &names(&["known"]),
+        &[],
+        1,
+        &holder(1),
+        LEASE,
+        true,
+    )
+    .unwrap()
+    .pop()
     {
         assert_eq!((job.attempt, job.claim.claim_count), (1, 1));
         let args: serde_json::Value = serde_json::from_str(&job.args).unwrap();
@@ -230,9 +238,16 @@ fn concurrent_claimers_never_take_the_same_job() {
                     let mut conn = pool.checkout("claimer").unwrap();
                     let mut ids = Vec::new();
                     loop {
-                        let jobs =
-                            claim::claim(&mut conn, &names(&["c"]), &[], 3, &holder(worker), LEASE)
-                                .unwrap();
+                        let jobs = claim::claim(
+                            &mut conn,
+                            &names(&["c"]),
+                            &[],
+                            3,
+                            &holder(worker),
+                            LEASE,
+                            true,
+                        )
+                        .unwrap();
                         if jobs.is_empty() {
                             return ids;
                         }
@@ -257,7 +272,7 @@ fn a_completion_whose_claim_was_rescued_changes_nothing_and_its_transaction_roll
     conn.batch_execute("CREATE TABLE effects (job_id bigint)")
         .unwrap();
     keeping::enqueue_batch(&mut conn, &[new_job("e", serde_json::json!({}))]).unwrap();
-    let first = claim::claim(&mut conn, &names(&["e"]), &[], 1, &holder(1), LEASE).unwrap();
+    let first = claim::claim(&mut conn, &names(&["e"]), &[], 1, &holder(1), LEASE, true).unwrap();
     let first = first[0].claim;
 
     // The worker is thought dead: rescued, then claimed again by another worker.
@@ -273,7 +288,7 @@ fn a_completion_whose_claim_was_rescued_changes_nothing_and_its_transaction_roll
     )
     .unwrap();
     assert_eq!(rescued, 1);
-    let second = claim::claim(&mut other, &names(&["e"]), &[], 1, &holder(2), LEASE).unwrap();
+    let second = claim::claim(&mut other, &names(&["e"]), &[], 1, &holder(2), LEASE, true).unwrap();
     assert_eq!((second[0].attempt, second[0].claim.claim_count), (2, 2));
 
     // The first holder's exactly-once transaction: its effect, then the fenced completion.
@@ -312,7 +327,7 @@ fn failures_retry_with_backoff_then_discard_with_every_error_recorded() {
         message: "division by zero",
         sqlstate: Some("22012"),
     };
-    let first = claim::claim(&mut conn, &names(&["f"]), &[], 1, &holder(1), LEASE).unwrap();
+    let first = claim::claim(&mut conn, &names(&["f"]), &[], 1, &holder(1), LEASE, true).unwrap();
     let settled = claim::fail(
         &mut conn,
         first[0].claim,
@@ -329,7 +344,7 @@ fn failures_retry_with_backoff_then_discard_with_every_error_recorded() {
     );
     conn.batch_execute("UPDATE forkpool.jobs SET run_at = now()")
         .unwrap();
-    let second = claim::claim(&mut conn, &names(&["f"]), &[], 1, &holder(1), LEASE).unwrap();
+    let second = claim::claim(&mut conn, &names(&["f"]), &[], 1, &holder(1), LEASE, true).unwrap();
     let settled = claim::fail(
         &mut conn,
         second[0].claim,
@@ -368,7 +383,7 @@ fn a_unique_key_returns_the_waiting_job_and_is_free_again_once_it_finished() {
     );
     assert_eq!(sql_id, first[0].job_id.to_string());
 
-    let claimed = claim::claim(&mut conn, &names(&["u"]), &[], 1, &holder(1), LEASE).unwrap();
+    let claimed = claim::claim(&mut conn, &names(&["u"]), &[], 1, &holder(1), LEASE, true).unwrap();
     assert!(claim::complete(&mut conn, claimed[0].claim, "{}", true).unwrap());
     let again = keeping::enqueue_batch(&mut conn, &[job]).unwrap();
     assert!(!again[0].duplicate && again[0].job_id != first[0].job_id);
@@ -402,7 +417,8 @@ fn cancel_ends_a_waiting_job_at_once_and_cancels_a_running_query() {
     // A worker runs job `r` (a long query on its claiming connection) while another
     // connection cancels it.
     let mut runner = pool.checkout("runner").unwrap();
-    let claimed = claim::claim(&mut runner, &names(&["r"]), &[], 1, &holder(1), LEASE).unwrap();
+    let claimed =
+        claim::claim(&mut runner, &names(&["r"]), &[], 1, &holder(1), LEASE, true).unwrap();
     let claim = claimed[0].claim;
     let outcome = std::thread::scope(|scope| {
         let running = scope.spawn(move || {
@@ -452,13 +468,13 @@ fn rescue_takes_back_only_the_dead_workers_jobs_and_release_gives_the_attempt_ba
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
     keeping::enqueue_batch(&mut conn, &vec![new_job("x", serde_json::json!({})); 3]).unwrap();
-    let a = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(1), LEASE).unwrap();
-    let b = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(2), LEASE).unwrap();
+    let a = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(1), LEASE, true).unwrap();
+    let b = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(2), LEASE, true).unwrap();
     let earlier = Holder {
         instance: 6,
         ..holder(1)
     };
-    let c = claim::claim(&mut conn, &names(&["x"]), &[], 1, &earlier, LEASE).unwrap();
+    let c = claim::claim(&mut conn, &names(&["x"]), &[], 1, &earlier, LEASE, true).unwrap();
     let dead_worker = Rescue::Worker {
         host: "host-a",
         instance: 7,
@@ -487,7 +503,7 @@ fn rescue_takes_back_only_the_dead_workers_jobs_and_release_gives_the_attempt_ba
     assert_eq!(state(&mut conn, b[0].claim.id), "available0");
     // The fence still holds after a release: the old claim cannot complete.
     assert!(!claim::complete(&mut conn, b[0].claim, "{}", false).unwrap());
-    let again = claim::claim(&mut conn, &names(&["x"]), &[], 3, &holder(3), LEASE).unwrap();
+    let again = claim::claim(&mut conn, &names(&["x"]), &[], 3, &holder(3), LEASE, true).unwrap();
     assert_eq!(again.len(), 3);
     assert_eq!(
         keeping::release_instance(&mut conn, "host-a", 7).unwrap(),
@@ -552,7 +568,7 @@ fn lapsed_leases_are_taken_back_by_any_host_except_a_row_still_locked_by_its_hol
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
     keeping::enqueue_batch(&mut conn, &vec![new_job("l", serde_json::json!({})); 3]).unwrap();
-    let claimed = claim::claim(&mut conn, &names(&["l"]), &[], 3, &holder(1), LEASE).unwrap();
+    let claimed = claim::claim(&mut conn, &names(&["l"]), &[], 3, &holder(1), LEASE, true).unwrap();
     // Leases renewed for the first job only; the others lapse.
     conn.batch_execute("UPDATE forkpool.jobs SET lease_until = now() - interval '1 s'")
         .unwrap();

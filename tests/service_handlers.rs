@@ -117,6 +117,10 @@ fn an_enqueued_handler_completes_its_job_in_its_own_transaction() {
         .durable()
         .queue_key("poll_interval", "\"100ms\"");
     options.workers = 1;
+    // The worker says at debug which of them completed the job.
+    options
+        .env
+        .push(("RUST_LOG".into(), "info,forkpool::queue=debug".into()));
     let service = Service::start(options);
     let answer = service.client().request(json!({"id": 1, "op": "enqueue",
         "job": "notes_exactly_once", "args": {"note": "durable-handler"}}));

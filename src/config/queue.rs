@@ -20,6 +20,7 @@ pub const QUEUE_KEYS: &[&str] = &[
     "discarded_retention",
     "lease",
     "host_id",
+    "listen",
     "limits",
 ];
 
@@ -52,6 +53,9 @@ pub struct QueueConfig {
     /// This host's stable identity in `forkpool.jobs.host`; `None`: the host name and the
     /// socket path, so two services on one machine never take each other's jobs back.
     pub host_id: Option<String>,
+    /// One session per host `LISTEN`s for new jobs; false falls back to polling alone
+    /// (behind PgBouncer in transaction mode, where LISTEN does not work).
+    pub listen: bool,
     /// Caps per named queue on this host (`[queue.limits] emails = 2`).
     pub limits: BTreeMap<String, usize>,
 }
@@ -74,6 +78,7 @@ impl Default for QueueConfig {
             // a dead host's jobs come back within the minute.
             lease: Duration::from_secs(30),
             host_id: None,
+            listen: true,
             limits: BTreeMap::new(),
         }
     }
@@ -132,6 +137,7 @@ pub fn set_queue(
             }
             q.lease = lease;
         }
+        ("listen", None) => q.listen = values::boolean(v).map_err(bad)?,
         ("host_id", None) => {
             let id = values::text(v).map_err(bad)?;
             q.host_id = (!id.is_empty()).then_some(id);

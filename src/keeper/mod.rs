@@ -130,7 +130,7 @@ fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
             return 70;
         }
     };
-    {
+    if setup.queue.listen {
         let writer = Arc::clone(&writer);
         let spec = spec.clone();
         let database = setup.database.clone();

@@ -78,14 +78,17 @@ WITH picked AS (
 UPDATE forkpool.jobs j
    SET state = 'running', attempt = j.attempt + 1, claim_count = j.claim_count + 1,
        attempted_at = now(), host = $4, instance = $5, worker = $6,
-       backend_pid = pg_backend_pid(), lease_until = now() + make_interval(secs => $7),
+       backend_pid = CASE WHEN $8 THEN pg_backend_pid() END,
+       lease_until = now() + make_interval(secs => $7),
        cancel_requested = false
   FROM picked
  WHERE j.id = picked.id
 RETURNING j.id, j.claim_count, j.job, j.args::text, j.queue, j.attempt, j.max_attempts";
 
 /// Claims up to `limit` runnable jobs for `holder` (an autocommit statement: the claim is
-/// visible, and rescuable, before the job starts).
+/// visible, and rescuable, before the job starts). `record_backend` records the session's
+/// backend for `cancel`; off behind a transaction-mode pooler, where a later statement may
+/// run on another backend and signalling the recorded one could cancel someone else's query.
 pub fn claim(
     conn: &mut PooledConnection,
     jobs: &[String],
@@ -93,6 +96,7 @@ pub fn claim(
     limit: i64,
     holder: &Holder,
     lease: Duration,
+    record_backend: bool,
 ) -> Result<Vec<ClaimedJob>, pool::Error> {
     let rows = conn.query_sql(
         CLAIM,
@@ -104,6 +108,7 @@ pub fn claim(
             &holder.instance,
             &holder.worker,
             &lease.as_secs_f64(),
+            &record_backend,
         ],
     )?;
     Ok(rows

@@ -39,6 +39,9 @@ pub struct DurableSetup {
     /// `queue.database`.
     pub database: String,
     pub lease: Duration,
+    /// Record the claiming backend for `cancel` (off with `queue.listen = false`, the
+    /// transaction-mode pooler setting).
+    pub record_backend: bool,
     /// The catalog's job names: only those are claimed.
     pub jobs: Vec<String>,
 }
@@ -69,6 +72,7 @@ impl DurableRun<'_> {
             1,
             &self.setup.holder,
             self.setup.lease,
+            self.setup.record_backend,
         );
         let job = match claimed {
             Ok(mut jobs) if !jobs.is_empty() => jobs.remove(0),
