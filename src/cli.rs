@@ -55,6 +55,38 @@ enum Command {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Store a durable job (DESIGN §12) and print its id; with --wait, its final result.
+    Enqueue {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        job: client::durable::EnqueueArgs,
+    },
+    /// Print a durable job's state and result.
+    Result {
+        #[command(flatten)]
+        target: Target,
+        /// Wait until the job ends, at most this long ("30", "5m").
+        #[arg(long, value_name = "SECONDS", value_parser = client::parse_duration)]
+        wait: Option<std::time::Duration>,
+        /// The job's id, as `enqueue` printed it.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
+    /// Cancel a durable job: at once if it waits, its query if it runs.
+    Cancel {
+        #[command(flatten)]
+        target: Target,
+        /// The job's id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
+    /// Create or upgrade the durable jobs' schema in queue.database.
+    Migrate {
+        /// The configuration file [default: $FORKPOOL_CONFIG, else config/forkpool.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Load the service with one job from many clients: jobs/s and latency percentiles.
     Bench {
         #[command(flatten)]
@@ -91,8 +123,8 @@ pub fn main() -> i32 {
 }
 
 /// The `forkpool` command line for a program of your own that registers Rust handlers:
-/// `run` serves them next to the job files, `check` checks them too, and `submit`, `status`
-/// and `bench` talk to a running service as `forkpool` does. Parses the process's arguments
+/// `run` serves them next to the job files, `check` checks them too, and `submit`, `status`,
+/// `enqueue`, `result`, `cancel` and `bench` talk to a running service as `forkpool` does. Parses the process's arguments
 /// (exiting with usage on bad ones), sets up logging to stderr (`RUST_LOG`, journald-aware),
 /// runs the command and returns the exit code for [`std::process::exit`]: 0 success, 1 the
 /// job or request failed, 2 bad usage or configuration, 3 the service could not be reached.
@@ -131,6 +163,22 @@ pub fn main_with(service: Service) -> i32 {
             prometheus,
         } => match socket_path(&target) {
             Ok(socket) => client::status(&socket, json, prometheus),
+            Err(code) => code,
+        },
+        Command::Enqueue { target, job } => match socket_path(&target) {
+            Ok(socket) => client::durable::enqueue(&socket, &job),
+            Err(code) => code,
+        },
+        Command::Result { target, wait, id } => match socket_path(&target) {
+            Ok(socket) => client::durable::result(&socket, id, wait),
+            Err(code) => code,
+        },
+        Command::Cancel { target, id } => match socket_path(&target) {
+            Ok(socket) => client::durable::cancel(&socket, id),
+            Err(code) => code,
+        },
+        Command::Migrate { config } => match startup::load_config(config.as_deref()) {
+            Ok(config) => client::migrate::migrate(&config),
             Err(code) => code,
         },
         Command::Check { config, db } => check(config.as_deref(), db, &service),
