@@ -73,3 +73,75 @@ fn bench_counts_failed_jobs_by_kind_and_exits_1() {
         "{report}"
     );
 }
+
+/// Jobs in the durable smoke run.
+const DURABLE_JOBS: u64 = 300;
+
+#[test]
+fn bench_durable_enqueues_burns_down_and_reports_start_latency() {
+    let service = Service::start(
+        ServiceOptions::on(Cluster::shared())
+            .durable()
+            .queue_key("poll_interval", "\"100ms\""),
+    );
+    service.wait_for_log("queue ready", 1);
+    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .arg("bench")
+        .arg("--socket")
+        .arg(&service.socket)
+        .args(["--durable", "--job", "add", "--args", r#"{"a": 41}"#])
+        .args(["--clients", "2", "--pipeline", "8", "--json"])
+        .args(["--jobs", &DURABLE_JOBS.to_string()])
+        .args(["--durable-latency", "5", "--deadline", "60s"])
+        .env_remove("FORKPOOL_SOCKET")
+        .output()
+        .expect("running forkpool bench --durable");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "bench --durable exited with {}\nstdout: {stdout}\nstderr: {stderr}\nservice logs:\n{}",
+        output.status,
+        service.logs()
+    );
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench --durable --json printed no JSON ({e}): {stdout}"));
+    assert_eq!(report["failed"], false, "{report}");
+    assert!(
+        report["queue"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("bench-")),
+        "{report}"
+    );
+    assert_eq!(report["enqueue"]["stored"], DURABLE_JOBS, "{report}");
+    assert_eq!(
+        report["states"],
+        serde_json::json!({"completed": DURABLE_JOBS}),
+        "{report}"
+    );
+    let positive = |value: &Value| value.as_f64().is_some_and(|x| x > 0.0);
+    assert!(positive(&report["enqueue"]["jobs_per_second"]), "{report}");
+    assert!(positive(&report["burn_down"]["seconds"]), "{report}");
+    assert!(
+        positive(&report["burn_down"]["jobs_per_second"]),
+        "{report}"
+    );
+    let start = &report["start_latency_ms"];
+    assert!(positive(&start["max"]), "{report}");
+    assert!(start["p50"].as_f64() <= start["p99"].as_f64(), "{report}");
+    assert_eq!(report["idle"]["jobs"], 5, "{report}");
+    assert!(
+        positive(&report["idle"]["round_trip_ms"]["p50"]),
+        "{report}"
+    );
+    // The queue the bench made holds exactly its jobs: the counts are isolated.
+    let queue = report["queue"].as_str().unwrap();
+    let counts = service.wait_for_status("the bench queue's counts", |status| {
+        status["durable"]["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|q| q["queue"] == queue && q["completed"] == DURABLE_JOBS + 5)
+    });
+    assert!(counts["durable"]["ready"] == true, "{counts}");
+}

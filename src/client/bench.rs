@@ -1,33 +1,23 @@
 //! `forkpool bench`: a load generator that measures jobs/s and latency through the socket.
 //!
-//! It is a client like any other: `clients` connections, one thread each (blocking sockets;
-//! the load generator is not the master and may use threads), each keeping up to `pipeline`
-//! requests in flight. Every answer is counted: a failed job is an error of its kind, a
-//! connection the service closed with requests in flight is `connection_lost` for each of
-//! them. Nothing is retried or hidden, and the exit code is 0 only when every job succeeded.
+//! It is a client like any other ([`super::load`]: many connections, each pipelining).
+//! Every answer is counted: a failed job is an error of its kind, a connection the service
+//! closed with requests in flight is `connection_lost` for each of them. Nothing is retried
+//! or hidden, and the exit code is 0 only when every job succeeded. `--durable` measures
+//! durable jobs instead ([`super::bench_durable`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::os::unix::net::UnixStream;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
+use super::load::{connect_all, drive_all, nearest_rank, Tally, CONNECTION_LOST};
+use super::parse_duration;
+use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 
 /// Jobs run when neither `--jobs` nor `--duration` is given: a few seconds on a laptop.
-const DEFAULT_JOBS: u64 = 10_000;
-
-/// How often the progress line on a terminal is rewritten.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// The error kind counted for each request in flight on a connection that broke (closed by
-/// the service, a read or write error, an answer that is not ours).
-const CONNECTION_LOST: &str = "connection_lost";
+pub(super) const DEFAULT_JOBS: u64 = 10_000;
 
 /// What `forkpool bench` runs.
 #[derive(clap::Args, Debug, Clone)]
@@ -53,134 +43,46 @@ pub struct BenchOptions {
     /// Print the figures as one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds > 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
-        }
-        return Err("the duration must be positive".to_string());
-    }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. \"10s\" or \"500ms\")"))
-}
-
-/// When the clients stop taking new jobs.
-struct Budget {
-    /// Jobs handed out so far (may overshoot `total` by one per client: those are not sent).
-    issued: AtomicU64,
-    total: Option<u64>,
-    deadline: Option<Instant>,
-}
-
-impl Budget {
-    /// Claims one job; false once the count or the time is used up.
-    fn take(&self) -> bool {
-        if self
-            .deadline
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
-            return false;
-        }
-        match self.total {
-            Some(total) => self.issued.fetch_add(1, Ordering::Relaxed) < total,
-            None => true,
-        }
-    }
-}
-
-/// What one client connection measured.
-#[derive(Default)]
-struct Tally {
-    /// Nanoseconds from sending a request to reading its answer, failed ones included.
-    latencies_ns: Vec<u64>,
-    errors: BTreeMap<String, u64>,
-    /// Why the connection broke, if it did (the first such reason only).
-    broken: Option<String>,
-}
-
-impl Tally {
-    fn error(&mut self, kind: &str, count: u64) {
-        *self.errors.entry(kind.to_string()).or_default() += count;
-    }
-}
-
-/// The part of an answer line the bench reads; `result` is skipped unparsed.
-#[derive(Deserialize)]
-struct Answer {
-    id: Option<u64>,
-    ok: bool,
-    error: Option<AnswerError>,
-}
-
-#[derive(Deserialize)]
-struct AnswerError {
-    kind: String,
+    /// Durable jobs (DESIGN §12): enqueue the jobs into a fresh queue, then report the
+    /// enqueue rate, the burn-down rate (first enqueue to last completion) and the
+    /// enqueue-to-start latency.
+    #[arg(long, conflicts_with = "duration")]
+    pub durable: bool,
+    /// The queue of the durable jobs [default: bench-<pid>-<unix time>, a fresh one].
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Also enqueue K durable jobs one at a time, each awaited before the next, and report
+    /// their enqueue-to-start latency (with idle workers; alone: only this).
+    #[arg(long, value_name = "K", conflicts_with = "duration")]
+    pub durable_latency: Option<u64>,
+    /// How long the durable bench waits for its jobs to end before it gives up.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub deadline: Duration,
 }
 
 /// Runs the bench against the service at `socket`; returns the exit code.
 pub fn run(socket: &Path, options: &BenchOptions) -> i32 {
-    let args: Value = match options
-        .args
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-    {
-        Ok(None) => json!({}),
-        Ok(Some(args @ Value::Object(_))) => args,
-        Ok(Some(_)) => {
-            eprintln!("--args must be a JSON object, e.g. '{{\"a\": 1}}'");
-            return EXIT_USAGE;
-        }
-        Err(e) => {
-            eprintln!("--args is not JSON: {e}");
-            return EXIT_USAGE;
-        }
+    if options.durable || options.durable_latency.is_some() {
+        return super::bench_durable::run(socket, options);
+    }
+    let args = match checked_args(options) {
+        Ok(args) => args,
+        Err(code) => return code,
     };
-    if options.clients == 0 || options.pipeline == 0 {
-        eprintln!("--clients and --pipeline must be at least 1");
-        return EXIT_USAGE;
-    }
-    // Every connection is opened before the clock starts, so an unreachable service is
-    // reported once, plainly, and connection set-up is not part of the figures.
-    let mut streams = Vec::with_capacity(options.clients);
-    for _ in 0..options.clients {
-        match UnixStream::connect(socket) {
-            Ok(stream) => streams.push(stream),
-            Err(e) => {
-                eprintln!(
-                    "cannot reach forkpool at {}: {e} — is the service running?",
-                    socket.display()
-                );
-                return EXIT_UNREACHABLE;
-            }
-        }
-    }
+    let streams = match connect_all(socket, options.clients, None) {
+        Ok(streams) => streams,
+        Err(code) => return code,
+    };
     let request_tail = format!(
         ",\"op\":\"run\",\"job\":{},\"args\":{args}}}\n",
         Value::String(options.job.clone())
     );
     let started = Instant::now();
-    let budget = Arc::new(Budget {
-        issued: AtomicU64::new(0),
-        total: options
-            .jobs
-            .or(options.duration.is_none().then_some(DEFAULT_JOBS)),
-        deadline: options.duration.map(|duration| started + duration),
-    });
-    let answered = Arc::new(AtomicU64::new(0));
-    let (finished, tallies) = mpsc::channel();
-    for stream in streams {
-        let (budget, answered, finished) =
-            (Arc::clone(&budget), Arc::clone(&answered), finished.clone());
-        let (tail, depth) = (request_tail.clone(), options.pipeline);
-        std::thread::spawn(move || {
-            let tally = drive_connection(stream, &tail, depth, &budget, &answered);
-            let _ = finished.send(tally);
-        });
-    }
-    drop(finished);
-    let tallies = collect(tallies, options.clients, &answered, started);
+    let total = options
+        .jobs
+        .or(options.duration.is_none().then_some(DEFAULT_JOBS));
+    let deadline = options.duration.map(|duration| started + duration);
+    let tallies = drive_all(streams, &request_tail, options.pipeline, total, deadline);
     let elapsed = started.elapsed();
     let report = Report::from_tallies(tallies, elapsed);
     if options.json {
@@ -195,122 +97,14 @@ pub fn run(socket: &Path, options: &BenchOptions) -> i32 {
     }
 }
 
-/// Waits for every client's tally; on a terminal, rewrites a progress line meanwhile.
-fn collect(
-    tallies: mpsc::Receiver<Tally>,
-    clients: usize,
-    answered: &AtomicU64,
-    started: Instant,
-) -> Vec<Tally> {
-    let progress = std::io::stderr().is_terminal();
-    let mut done = Vec::with_capacity(clients);
-    loop {
-        match tallies.recv_timeout(PROGRESS_EVERY) {
-            Ok(tally) => done.push(tally),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if progress {
-            let jobs = answered.load(Ordering::Relaxed);
-            let seconds = started.elapsed().as_secs_f64();
-            eprint!(
-                "\r{jobs} jobs in {seconds:.0} s ({:.0} jobs/s)   ",
-                jobs as f64 / seconds
-            );
-        }
+/// `--args` as a JSON object, and the client counts checked.
+pub(super) fn checked_args(options: &BenchOptions) -> Result<Value, i32> {
+    let args = super::parse_args("--args", options.args.as_deref())?;
+    if options.clients == 0 || options.pipeline == 0 {
+        eprintln!("--clients and --pipeline must be at least 1");
+        return Err(EXIT_USAGE);
     }
-    if progress {
-        eprintln!();
-    }
-    done
-}
-
-/// One client: keeps up to `depth` requests in flight until the budget is spent and every
-/// request sent has its answer (or the connection breaks).
-fn drive_connection(
-    stream: UnixStream,
-    request_tail: &str,
-    depth: usize,
-    budget: &Budget,
-    answered: &AtomicU64,
-) -> Tally {
-    let mut tally = Tally {
-        latencies_ns: Vec::with_capacity(4096),
-        ..Tally::default()
-    };
-    let mut writer = match stream.try_clone() {
-        Ok(writer) => writer,
-        Err(e) => {
-            tally.broken = Some(format!("cannot duplicate the socket: {e}"));
-            return tally;
-        }
-    };
-    let mut reader = BufReader::new(stream);
-    let mut in_flight: HashMap<u64, Instant> = HashMap::with_capacity(depth);
-    let mut next_id: u64 = 0;
-    let mut batch = Vec::with_capacity(depth * (request_tail.len() + 24));
-    let mut line = String::new();
-    loop {
-        // Top up to `depth` in one write: a pipelined client pays one syscall per batch.
-        batch.clear();
-        let now = Instant::now();
-        while in_flight.len() < depth && budget.take() {
-            next_id += 1;
-            batch.extend_from_slice(b"{\"id\":");
-            batch.extend_from_slice(next_id.to_string().as_bytes());
-            batch.extend_from_slice(request_tail.as_bytes());
-            in_flight.insert(next_id, now);
-        }
-        if in_flight.is_empty() {
-            return tally;
-        }
-        if !batch.is_empty() {
-            if let Err(e) = writer.write_all(&batch) {
-                return broken(tally, &in_flight, format!("sending requests: {e}"));
-            }
-        }
-        // Read one answer (blocking), then every further answer already buffered.
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => {
-                    let why = "the service closed the connection".to_string();
-                    return broken(tally, &in_flight, why);
-                }
-                Ok(_) => {}
-                Err(e) => return broken(tally, &in_flight, format!("reading answers: {e}")),
-            }
-            let answer = match serde_json::from_str::<Answer>(&line) {
-                Ok(answer) => answer,
-                Err(e) => {
-                    let why = format!("an answer is not what the protocol says ({e}): {line}");
-                    return broken(tally, &in_flight, why);
-                }
-            };
-            let Some(sent) = answer.id.and_then(|id| in_flight.remove(&id)) else {
-                let why = format!("an answer to no request in flight: {line}");
-                return broken(tally, &in_flight, why);
-            };
-            tally.latencies_ns.push(sent.elapsed().as_nanos() as u64);
-            answered.fetch_add(1, Ordering::Relaxed);
-            if !answer.ok {
-                let kind = answer
-                    .error
-                    .map_or_else(|| "unknown".to_string(), |e| e.kind);
-                tally.error(&kind, 1);
-            }
-            if !reader.buffer().contains(&b'\n') {
-                break;
-            }
-        }
-    }
-}
-
-/// Counts every request still in flight as lost and notes why.
-fn broken(mut tally: Tally, in_flight: &HashMap<u64, Instant>, why: String) -> Tally {
-    tally.error(CONNECTION_LOST, in_flight.len() as u64);
-    tally.broken = Some(why);
-    tally
+    Ok(args)
 }
 
 /// The figures of a whole run.
@@ -356,12 +150,7 @@ impl Report {
 
     /// The latency below which `fraction` of the answers came, in microseconds (nearest rank).
     fn percentile_us(&self, fraction: f64) -> f64 {
-        if self.latencies_ns.is_empty() {
-            return 0.0;
-        }
-        let rank = (fraction * self.latencies_ns.len() as f64).ceil() as usize;
-        let index = rank.clamp(1, self.latencies_ns.len()) - 1;
-        self.latencies_ns[index] as f64 / 1000.0
+        nearest_rank(&self.latencies_ns, fraction) as f64 / 1000.0
     }
 
     fn to_json(&self, options: &BenchOptions) -> String {

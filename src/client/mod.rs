@@ -4,7 +4,9 @@
 //! from here.
 
 pub(crate) mod bench;
+mod bench_durable;
 pub(crate) mod durable;
+mod load;
 pub(crate) mod migrate;
 mod status_prometheus;
 mod status_table;
