@@ -164,10 +164,12 @@ fn burn_down(
         figures.text += &format!("burn-down     {why}\n");
         figures.report.insert("burn_down_error".into(), json!(why));
         // An unreachable service is worth its own exit code; the rest is a failed run.
-        return Err(match status.ask(&json!({"id": 0, "op": "ping"}), None) {
-            Err(code) => code,
-            Ok(_) => EXIT_FAILED,
-        });
+        return Err(
+            match status.ask(&json!({"id": 0, "op": "ping"}), Some(ANSWER_DEADLINE)) {
+                Err(code) => code,
+                Ok(_) => EXIT_FAILED,
+            },
+        );
     }
     let results = read_results(socket, &job_ids, options.clients, options.pipeline)?;
     let jobs = Timestamps::of(&results);
