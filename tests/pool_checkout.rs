@@ -460,13 +460,14 @@ fn checkout_timeout_with_all_connections_held_says_why() {
     let pool = tls_pool(
         Cluster::shared(),
         "t-exhausted",
-        PoolSettings::new().checkout_timeout(Duration::from_millis(300)),
+        // Long enough for the holder's own TLS connect on a loaded machine (300 ms was not).
+        PoolSettings::new().checkout_timeout(Duration::from_millis(1500)),
     );
     let _held = pool.checkout("holder").unwrap();
     let started = Instant::now();
     let error = pool.checkout("waiter").unwrap_err();
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
     assert!(
         waited < Duration::from_secs(5),
         "bounded by checkout_timeout: {waited:?}"
@@ -474,7 +475,7 @@ fn checkout_timeout_with_all_connections_held_says_why() {
     let text = error.to_string();
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
     assert!(
-        text.contains("all 1 connections in use for 300ms"),
+        text.contains("all 1 connections in use for 1s 500ms"),
         "{text}"
     );
     assert_eq!(pool.stats().checkout_timeouts, 1);

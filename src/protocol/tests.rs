@@ -126,13 +126,22 @@ fn durable_ops_parse_their_fields_and_refuse_another_ops_fields_by_name() {
         other => panic!("{other:?}"),
     }
     let r = parse_request(br#"{"op":"result","job_id":7,"wait_ms":100}"#).unwrap();
-    assert!(matches!(r.op, Op::Result { job_id: 7, wait_ms: Some(100) }));
+    assert!(matches!(
+        r.op,
+        Op::Result {
+            job_id: 7,
+            wait_ms: Some(100)
+        }
+    ));
     let r = parse_request(br#"{"op":"resume","queue":"emails"}"#).unwrap();
     assert!(matches!(r.op, Op::Pause { paused: false, .. }));
 
     let (_, kind, message) = rejected(r#"{"op":"run","job":"add","queue":"q"}"#);
     assert_eq!(kind, ErrorKind::BadRequest);
-    assert!(message.contains("field `queue` does not go with this op"), "{message}");
+    assert!(
+        message.contains("field `queue` does not go with this op"),
+        "{message}"
+    );
     let (_, _, message) = rejected(r#"{"op":"enqueue","job":"a","run_at":"x","delay_ms":1}"#);
     assert!(message.contains("not both"), "{message}");
     let (_, _, message) = rejected(r#"{"op":"cancel"}"#);
