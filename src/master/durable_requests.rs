@@ -23,10 +23,13 @@ enum Asked {
     Enqueue,
     /// `cancel`, or queue control: answered as the keeper answers.
     Cancel,
-    /// A `result` read; with `until`, it waits for a final state until then.
+    /// A `result` read; with `until`, it waits for a final state until then. `stale`: the
+    /// job was settled here while the read was on its way, so a read that found it still
+    /// running is repeated at once instead of waiting for the next poll.
     Result {
         job_id: i64,
         until: Option<Instant>,
+        stale: bool,
     },
 }
 
@@ -130,7 +133,12 @@ impl Master {
             return;
         }
         let until = wait_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        if let Some(request) = self.ask_keeper(client, id, Asked::Result { job_id, until }) {
+        let asked = Asked::Result {
+            job_id,
+            until,
+            stale: false,
+        };
+        if let Some(request) = self.ask_keeper(client, id, asked) {
             self.durable
                 .keeper
                 .send(&ToKeeper::Read { request, job_id });
@@ -201,6 +209,7 @@ impl Master {
         if let Asked::Result {
             job_id,
             until: Some(until),
+            stale,
         } = pending.what
         {
             if ok && !finished && Instant::now() < until {
@@ -210,6 +219,9 @@ impl Master {
                     job_id,
                     until,
                 });
+                if stale {
+                    self.reread_results_of(job_id);
+                }
                 return;
             }
         }
@@ -228,6 +240,16 @@ impl Master {
 
     /// Re-reads the `result` waits on `job_id`: it was settled on this host.
     pub(super) fn reread_results_of(&mut self, job_id: i64) {
+        for pending in self.durable_requests.pending.values_mut() {
+            if let Asked::Result {
+                job_id: read,
+                stale,
+                ..
+            } = &mut pending.what
+            {
+                *stale |= *read == job_id;
+            }
+        }
         self.reread_parked(|parked| parked.job_id == job_id);
     }
 
@@ -249,6 +271,7 @@ impl Master {
             let asked = Asked::Result {
                 job_id: parked.job_id,
                 until,
+                stale: false,
             };
             if let Some(request) = self.ask_keeper(parked.client, parked.request_id, asked) {
                 self.durable.keeper.send(&ToKeeper::Read {

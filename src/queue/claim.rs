@@ -65,13 +65,15 @@ pub enum Settled {
 /// other) and marks the jobs running with their attempt counted — never select-then-update,
 /// which would let two workers take one job. Only `jobs` (this catalog's names) are picked,
 /// so hosts with different catalogs share one table; queues in `excluded` are at their cap,
-/// paused queues are skipped.
+/// paused queues are skipped. The paused queues are read once per claim (an init plan), not
+/// joined: a join made the planner sort every available job instead of walking the claim
+/// index to the first one (63 ms against 1 ms with 20,000 jobs waiting).
 const CLAIM: &str = "\
 WITH picked AS (
     SELECT id FROM forkpool.jobs
      WHERE state = 'available' AND run_at <= now()
-       AND job = ANY($1::text[]) AND NOT (queue = ANY($2::text[]))
-       AND NOT EXISTS (SELECT 1 FROM forkpool.paused_queues p WHERE p.queue = jobs.queue)
+       AND job = ANY($1::text[])
+       AND NOT (queue = ANY($2::text[] || ARRAY(SELECT queue FROM forkpool.paused_queues)))
      ORDER BY priority, run_at, id
      LIMIT $3
      FOR UPDATE SKIP LOCKED)
@@ -98,7 +100,8 @@ pub fn claim(
     lease: Duration,
     record_backend: bool,
 ) -> Result<Vec<ClaimedJob>, pool::Error> {
-    let rows = conn.query_sql(
+    let rows = super::query(
+        conn,
         CLAIM,
         &[
             &jobs,
@@ -137,7 +140,8 @@ pub fn complete(
     result: &str,
     honor_cancel: bool,
 ) -> Result<bool, pool::Error> {
-    let updated = conn.query_sql(
+    let updated = super::query(
+        conn,
         "UPDATE forkpool.jobs \
             SET state = 'completed', finished_at = now(), result = $3::text::jsonb, \
                 lease_until = NULL, backend_pid = NULL \
@@ -185,7 +189,8 @@ pub fn fail(
          RETURNING state",
         error = error_object("$3", "$4", "$5")
     );
-    let rows = conn.query_sql(
+    let rows = super::query(
+        conn,
         &sql,
         &[
             &claim.id,
@@ -208,7 +213,8 @@ pub fn fail(
 /// Puts a job back without spending its attempt: a graceful stop interrupted it, which says
 /// nothing about the job. `Ok(false)` when the claim was no longer ours.
 pub fn release(conn: &mut PooledConnection, claim: Claim) -> Result<bool, pool::Error> {
-    let rows = conn.query_sql(
+    let rows = super::query(
+        conn,
         "UPDATE forkpool.jobs SET \
             state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END, \
             finished_at = CASE WHEN cancel_requested THEN now() END, \

@@ -46,7 +46,8 @@ pub fn enqueue_batch(
     jobs: &[NewJob],
 ) -> Result<Vec<Enqueued>, pool::Error> {
     let items = serde_json::to_string(jobs).expect("new jobs always serialize");
-    let rows = conn.query_sql(
+    let rows = super::query(
+        conn,
         "SELECT r.job_id, r.duplicate, r.job_state \
            FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(item, n) \
           CROSS JOIN LATERAL forkpool.insert_job( \
@@ -72,7 +73,8 @@ pub fn read_jobs(
     conn: &mut PooledConnection,
     ids: &[i64],
 ) -> Result<Vec<(i64, String, String)>, pool::Error> {
-    let rows = conn.query_sql(
+    let rows = super::query(
+        conn,
         "SELECT id, state, jsonb_build_object('job_id', id, 'job', job, 'state', state, \
                 'attempt', attempt, 'max_attempts', max_attempts, 'queue', queue, \
                 'run_at', run_at, 'created_at', created_at, 'attempted_at', attempted_at, \

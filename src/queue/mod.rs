@@ -17,6 +17,19 @@ pub mod leases;
 pub mod schema;
 
 use crate::pool::{self, PooledConnection};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// Runs a statement prepared once per session (the pool caches it): the hot statements
+/// (claim, settle, enqueue, read) skip a parse and a plan on every call.
+pub(crate) fn query(
+    conn: &mut PooledConnection,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, pool::Error> {
+    let statement = conn.prepare_typed(sql, &[])?;
+    conn.query(&statement, params)
+}
 
 /// Runs `body` in a transaction: committed when it returns `Ok`, rolled back otherwise.
 pub(crate) fn in_transaction<T, E: From<pool::Error>>(
