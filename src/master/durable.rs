@@ -301,7 +301,10 @@ impl Master {
         for claim_id in &held {
             self.durable.claims.remove(claim_id);
         }
-        if !claimed || !self.durable_enabled() {
+        // In a stop, what the worker held was interrupted by the stop: once every worker is
+        // gone the keeper puts it back without spending its attempt (`ToKeeper::Stop`). A
+        // rescue now would count the attempt and record `worker_lost`.
+        if !claimed || !self.durable_enabled() || self.control.stopping() {
             return;
         }
         let why = format!("worker {slot} {how}");
