@@ -61,6 +61,11 @@ const PRUNE_BUDGET: Duration = Duration::from_secs(2);
 /// Frames taken in one batch at most: bounds one enqueue statement.
 const BATCH: usize = 1000;
 
+/// How long after a worker's death its jobs are taken back a second time. A claim its
+/// session had sent goes on without it and can commit after the first rescue, which could not
+/// see it; the claim never waits on a lock (`SKIP LOCKED`), so it has landed by then.
+const RESCUE_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 /// What the keeper was forked with.
 pub struct KeeperSetup {
     pub catalog: Arc<Catalog>,
@@ -104,6 +109,8 @@ struct Keeper {
     next_prune: Instant,
     /// The last start-up problem, logged once until it changes.
     last_problem: Option<String>,
+    /// Dead workers whose jobs are taken back once more, when, and why they died.
+    rescue_again: Vec<(Instant, i64, String)>,
 }
 
 fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
@@ -158,6 +165,7 @@ fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
             .map(|name| name.trim().to_string())
             .unwrap_or_else(|_| "localhost".to_string()),
         last_problem: None,
+        rescue_again: Vec::new(),
     };
     let mut reader = BufReader::with_capacity(64 * 1024, channel);
     loop {
@@ -207,6 +215,18 @@ impl Keeper {
         if self.ready && now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
             self.prune();
+        }
+        if self.rescue_again.iter().any(|(at, ..)| now >= *at) {
+            let (due, later) = std::mem::take(&mut self.rescue_again)
+                .into_iter()
+                .partition(|(at, ..)| now >= *at);
+            self.rescue_again = later;
+            for (_, worker, why) in due {
+                self.take_back(
+                    worker,
+                    &format!("{why}; a claim that landed after its death"),
+                );
+            }
         }
         if self.ready && now >= self.next_counts {
             self.next_counts = now + COUNTS_EVERY;
@@ -296,6 +316,9 @@ impl Keeper {
     /// already sent (up to [`BATCH`]). `Err(exit code)` when the master is gone.
     fn wait_for_frames(&self, reader: &mut BufReader<UnixStream>) -> Result<Vec<ToKeeper>, i32> {
         let mut due = self.next_heartbeat;
+        if let Some(again) = self.rescue_again.iter().map(|(at, ..)| *at).min() {
+            due = due.min(again);
+        }
         if self.ready {
             due = due
                 .min(self.next_counts)

@@ -32,7 +32,7 @@ impl Keeper {
                 } => enqueues.push((request, job, args, options)),
                 ToKeeper::Read { request, job_id } => self.read(request, job_id),
                 ToKeeper::Cancel { request, job_id } => self.cancel(request, job_id),
-                ToKeeper::RescueWorker { worker, why } => self.rescue_worker(worker, &why),
+                ToKeeper::RescueWorker { worker, why } => self.rescue_worker(worker, why),
                 ToKeeper::Renew { job_ids } => self.renew(&job_ids),
                 ToKeeper::Queues { request } => self.list_queues(request),
                 ToKeeper::Pause { request, queue } => self.pause(request, &queue, true),
@@ -219,8 +219,16 @@ impl Keeper {
         self.answer(request, outcome, true);
     }
 
-    /// A worker of this instance died: its jobs run again now, the attempt counted.
-    fn rescue_worker(&self, worker: i64, why: &str) {
+    /// A worker of this instance died: its jobs run again now, the attempt counted; and once
+    /// more a little later, for a claim that was still on its way (`RESCUE_AGAIN_AFTER`).
+    fn rescue_worker(&mut self, worker: i64, why: String) {
+        self.take_back(worker, &why);
+        let again = std::time::Instant::now() + super::RESCUE_AGAIN_AFTER;
+        self.rescue_again.push((again, worker, why));
+    }
+
+    /// Makes the jobs dead worker `worker` holds runnable again, `why` recorded.
+    pub(super) fn take_back(&self, worker: i64, why: &str) {
         let which = Rescue::Worker {
             host: &self.setup.host,
             instance: self.setup.instance,
