@@ -16,58 +16,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
+use support::procfs::{descriptors, socket_inodes, tcp_inodes, thread_count};
 use support::{Client, Cluster, Service, ServiceOptions};
 
 // ---- /proc helpers -------------------------------------------------------------------------
-
-/// `(fd, link target)` for every open descriptor of `pid`, e.g. `(5, "socket:[1234]")`.
-/// A descriptor closed while the directory is read is skipped.
-fn descriptors(pid: i32) -> Vec<(i32, String)> {
-    let dir = format!("/proc/{pid}/fd");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("listing {dir}: {e}"))
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let fd = entry.file_name().to_str()?.parse().ok()?;
-            let target = std::fs::read_link(entry.path()).ok()?;
-            Some((fd, target.to_string_lossy().into_owned()))
-        })
-        .collect()
-}
-
-/// The inode of a `socket:[N]` descriptor target.
-fn socket_inode(target: &str) -> Option<u64> {
-    target
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// The socket inodes `pid` holds.
-fn socket_inodes(pid: i32) -> HashSet<u64> {
-    descriptors(pid)
-        .iter()
-        .filter_map(|(_, target)| socket_inode(target))
-        .collect()
-}
-
-/// Every TCP socket inode in this network namespace (IPv4 and IPv6).
-fn tcp_inodes() -> HashSet<u64> {
-    let mut inodes = HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue; // no IPv6 in this kernel
-        };
-        for line in text.lines().skip(1) {
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
-            if let Some(inode) = line.split_whitespace().nth(9) {
-                inodes.insert(inode.parse().expect("an inode number"));
-            }
-        }
-    }
-    inodes
-}
 
 /// The targets of descriptors 3 and up that are sockets or pipes: what a worker must not
 /// share with the master.
@@ -99,12 +51,6 @@ fn bit(signal: Signal) -> u64 {
 /// glibc's reserved real-time signals 32 and 33 in a /proc signal mask.
 const GLIBC_SIGCANCEL: u64 = 1 << 31;
 const GLIBC_SIGSETXID: u64 = 1 << 32;
-
-fn thread_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .count()
-}
 
 // ---- command line helpers ------------------------------------------------------------------
 

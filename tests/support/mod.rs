@@ -10,9 +10,11 @@
 mod binaries;
 mod certs;
 mod cluster;
+mod frozen;
 mod installation;
+mod own_database;
 mod postmaster;
-mod procfs;
+pub mod procfs;
 mod server_files;
 mod service;
 mod silent;
@@ -24,6 +26,7 @@ pub use cluster::{
     describe, Cluster, ClusterOptions, APP_DATABASE, APP_PASSWORD, APP_USER,
     HARNESS_APPLICATION_NAME,
 };
+pub use frozen::Frozen;
 pub use procfs::tcp_socket_count;
 pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
 pub use silent::{silent_listener, SilentListener};

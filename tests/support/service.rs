@@ -153,6 +153,9 @@ pub struct Service {
     pub config: PathBuf,
     log: Arc<Log>,
     pub workers: usize,
+    /// What `start_again` runs again.
+    program: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Service {
@@ -229,35 +232,7 @@ impl Service {
         }
         let config_path = config_dir.join("forkpool.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut command = Command::new(&options.program);
-        command
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env_remove("FORKPOOL_CONFIG")
-            .env_remove("FORKPOOL_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for key in SYSTEMD_VARIABLES {
-            command.env_remove(key);
-        }
-        for (key, value) in &options.env {
-            command.env(key, value);
-        }
-        let mut child = spawn_tied(command).expect("starting the forkpool binary");
-        let log = Arc::new(Log::default());
-        let stderr = child.stderr.take().unwrap();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lines.lock().unwrap().push(line);
-                    log.grew.notify_all();
-                }
-            });
-        }
+        let (child, log) = launch(&options.program, &config_path, &options.env);
         Service {
             child: Some(child),
             socket: config_dir.join("forkpool.sock"),
@@ -265,7 +240,23 @@ impl Service {
             dir,
             log,
             workers: options.workers,
+            program: options.program,
+            env: options.env,
         }
+    }
+
+    /// Starts the service again on the same directory and configuration (so the same socket
+    /// path and host identity) after its master exited (`wait_exit`), and returns once every
+    /// worker is ready. The logs are the new master's from here on.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "the previous master must have exited (wait_exit) before a restart"
+        );
+        let (child, log) = launch(&self.program, &self.config, &self.env);
+        self.child = Some(child);
+        self.log = log;
+        self.wait_for_log("ready", self.workers);
     }
 
     /// The service kept in `cell` for the tests of one binary that share it, started by
@@ -474,6 +465,41 @@ impl Client {
         self.recv()
             .expect("the service closed the connection without answering")
     }
+}
+
+/// Runs `program run --config CONFIG` tied to the test process, its stderr collected line by
+/// line into the returned log.
+fn launch(program: &Path, config: &Path, env: &[(String, String)]) -> (Child, Arc<Log>) {
+    let mut command = Command::new(program);
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env_remove("FORKPOOL_CONFIG")
+        .env_remove("FORKPOOL_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for key in SYSTEMD_VARIABLES {
+        command.env_remove(key);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = spawn_tied(command).expect("starting the forkpool binary");
+    let log = Arc::new(Log::default());
+    let stderr = child.stderr.take().unwrap();
+    {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log.lines.lock().unwrap().push(line);
+                log.grew.notify_all();
+            }
+        });
+    }
+    (child, log)
 }
 
 fn toml_string(s: &str) -> String {
