@@ -229,8 +229,7 @@ impl DurableRun<'_> {
             }
             Ok(false) => {
                 conn.known_idle();
-                warn!(target: "forkpool::queue", "job {} ({}): this worker lost the lease of its claim (the job was taken back meanwhile); its transaction was rolled back", job.claim.id, job.job);
-                Outcome::Lost
+                self.settle_fenced_off(conn, job)
             }
             Err(error) => {
                 // A session that rolled back records the failure itself; a broken one goes
@@ -249,6 +248,38 @@ impl DurableRun<'_> {
                     error => pool_error_body(error, &sql.database),
                 };
                 self.settle_failure(conn, job, Some(spec), &body)
+            }
+        }
+    }
+
+    /// The completion's fence failed and the job's transaction was rolled back: either the
+    /// claim was taken back meanwhile, or a cancel was asked when the query cancel found
+    /// nothing to interrupt (between two statements). Recording the failure tells them
+    /// apart: it matches only a claim still ours, whose cancel is requested, so it ends
+    /// `cancelled` now rather than `running` until its lease lapses.
+    fn settle_fenced_off(&self, mut conn: PooledConnection, job: &ClaimedJob) -> Outcome {
+        conn.set_deadline(Some(Instant::now() + BOOKKEEPING_DEADLINE));
+        let failure = Failure {
+            kind: ErrorKind::DbError.as_str(),
+            message: "cancelled between its statements; its transaction was rolled back",
+            sqlstate: Some("57014"),
+        };
+        match claim::fail(&mut conn, job.claim, failure, None) {
+            Ok(Settled::Cancelled) => {
+                debug!(target: "forkpool::queue", "job {} ({}) cancelled between its statements", job.claim.id, job.job);
+                Outcome::Cancelled
+            }
+            Ok(Settled::Lost) => {
+                warn!(target: "forkpool::queue", "job {} ({}): this worker lost the lease of its claim (the job was taken back meanwhile); its transaction was rolled back", job.claim.id, job.job);
+                Outcome::Lost
+            }
+            // Not reached: a claim still ours whose completion was fenced off has its cancel
+            // requested (nothing clears it while the job runs).
+            Ok(Settled::Retry) => Outcome::Retry,
+            Ok(Settled::Discarded) => Outcome::Discarded,
+            Err(e) => {
+                warn!(target: "forkpool::queue", "job {} ({}): its completion was fenced off, and recording why failed: {e}", job.claim.id, job.job);
+                Outcome::Lost
             }
         }
     }
