@@ -61,6 +61,9 @@ pub struct ServiceOptions {
     pub queue_keys: Vec<(String, String)>,
     /// Extra job files: (name, TOML), next to copies of the repository's `workers/`.
     pub jobs: Vec<(String, String)>,
+    /// Whole sections (e.g. `[schedules.NAME]`), written after `[queue]` and before
+    /// `[databases.main]`, which stays last.
+    pub extra_toml: Vec<String>,
     pub env: Vec<(String, String)>,
     /// The program to run: the `forkpool` binary, or one of the examples built on the library.
     pub program: PathBuf,
@@ -82,6 +85,7 @@ impl ServiceOptions {
             database_keys: Vec::new(),
             queue_keys: Vec::new(),
             jobs: Vec::new(),
+            extra_toml: Vec::new(),
             env: Vec::new(),
             program: PathBuf::from(env!("CARGO_BIN_EXE_forkpool")),
         }
@@ -106,6 +110,13 @@ impl ServiceOptions {
 
     pub fn job(mut self, name: &str, toml: &str) -> Self {
         self.jobs.push((name.to_string(), toml.to_string()));
+        self
+    }
+
+    /// Appends `text` (whole sections, such as `[schedules.NAME]`) to the configuration,
+    /// before `[databases.main]`.
+    pub fn extra_toml(mut self, text: &str) -> Self {
+        self.extra_toml.push(text.to_string());
         self
     }
 
@@ -222,6 +233,9 @@ impl Service {
             for (key, value) in limits {
                 config += &format!("{} = {value}\n", &key["limits.".len()..]);
             }
+        }
+        for text in &options.extra_toml {
+            config += &format!("\n{}\n", text.trim());
         }
         config += &format!(
             "\n[databases.main]\nurl = {}\n",
