@@ -480,7 +480,19 @@ fn rescue_takes_back_only_the_dead_workers_jobs_and_release_gives_the_attempt_ba
         instance: 7,
         worker: 1,
     };
+    let run_at = |conn: &mut PooledConnection, id: i64| {
+        value(
+            conn,
+            &format!("SELECT run_at FROM forkpool.jobs WHERE id = {id}"),
+        )
+    };
+    let before = run_at(&mut conn, a[0].claim.id);
     assert_eq!(keeping::rescue(&mut conn, dead_worker, "gone").unwrap(), 1);
+    assert_eq!(
+        run_at(&mut conn, a[0].claim.id),
+        before,
+        "a job taken back keeps its place in line"
+    );
     let state = |conn: &mut PooledConnection, id: i64| {
         value(
             conn,

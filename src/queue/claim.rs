@@ -218,7 +218,7 @@ pub fn release(conn: &mut PooledConnection, claim: Claim) -> Result<bool, pool::
         "UPDATE forkpool.jobs SET \
             state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END, \
             finished_at = CASE WHEN cancel_requested THEN now() END, \
-            attempt = attempt - 1, run_at = now(), \
+            attempt = attempt - 1, \
             host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, lease_until = NULL \
           WHERE id = $1 AND claim_count = $2 AND state = 'running' \
          RETURNING id",

@@ -192,7 +192,7 @@ pub fn rescue(
                            WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END, \
               finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts \
                                  THEN now() END, \
-              run_at = now(), errors = errors || {error}, \
+              errors = errors || {error}, \
               host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
               lease_until = NULL \
             WHERE state = 'running' AND {filter} \
@@ -225,7 +225,7 @@ pub fn release_instance(
            UPDATE forkpool.jobs SET \
               state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END, \
               finished_at = CASE WHEN cancel_requested THEN now() END, \
-              attempt = attempt - 1, run_at = now(), \
+              attempt = attempt - 1, \
               host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
               lease_until = NULL \
             WHERE state = 'running' AND host = $1 AND instance = $2 RETURNING 1) \

@@ -59,7 +59,7 @@ pub fn rescue_lapsed(conn: &mut PooledConnection) -> Result<u64, pool::Error> {
                            WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END, \
               finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts \
                                  THEN now() END, \
-              run_at = now(), errors = errors || {error}, \
+              errors = errors || {error}, \
               host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
               lease_until = NULL \
              FROM (SELECT id FROM forkpool.jobs \
