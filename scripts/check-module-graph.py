@@ -6,7 +6,9 @@ file to its top-level module (src/master/dispatch.rs -> master) and fails when
   1. the top-level modules import one another in a cycle, or
   2. a file under src/master/ names crate::pool, crate::worker, crate::databases or
      crate::probe: the master never opens a database connection, and that should be visible
-     from its imports (it learns how to run a worker from the `WorkerMain` start-up passes).
+     from its imports (it learns how to run a worker from the `WorkerMain` start-up passes);
+  3. the master reaches, through any chain of imports, a module that opens connections
+     (pools, worker, databases, probe, handler, keeper, queue).
 
 `--graph` prints the edges (top-level modules, then the master's rooms through `super::`).
 Python 3 standard library only; exit 1 with every problem listed.
@@ -18,6 +20,9 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 MASTER_FORBIDDEN = {"pool", "worker", "databases", "probe"}
+# Modules that open database connections: the master must not reach them even through
+# another module (it may reach `pool` only through `config`, for settings types).
+CONNECTING = {"pools", "worker", "databases", "probe", "handler", "keeper", "queue"}
 
 CRATE_PATH = re.compile(r"\bcrate::(\{[^}]*\}|[a-z_][a-z0-9_]*)")
 SUPER_PATH = re.compile(r"\bsuper::(\{[^}]*\}|[a-z_][a-z0-9_]*)")
@@ -86,6 +91,13 @@ def main():
                 if room is not None and name != here and (SRC / "master" / f"{name}.rs").exists():
                     rooms.setdefault(here, set()).add(name)
 
+    reached = closure(edges, "master")
+    for module in sorted(reached & CONNECTING):
+        problems.append(
+            f"the master reaches crate::{module} through {' -> '.join(path_to(edges, 'master', module))}: "
+            f"it must not reach a module that opens connections ({', '.join(sorted(CONNECTING))})"
+        )
+
     for cycle in cycles(edges):
         via = "; ".join(
             f"{a} -> {b} ({', '.join(sorted(set(edges[a][b])))})"
@@ -102,8 +114,38 @@ def main():
         print(f"check-module-graph: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(f"check-module-graph: {len(edges)} modules, no cycle, the master imports no pool")
+    print(
+        f"check-module-graph: {len(edges)} modules, no cycle, the master imports no pool "
+        "and reaches no module that opens connections"
+    )
     return 0
+
+
+def closure(edges, start):
+    """Every module `start` imports, directly or not."""
+    seen, todo = set(), [start]
+    while todo:
+        for succ in edges.get(todo.pop(), {}):
+            if succ not in seen:
+                seen.add(succ)
+                todo.append(succ)
+    return seen
+
+
+def path_to(edges, start, goal):
+    """One import path from `start` to `goal` (breadth first)."""
+    previous, todo = {start: None}, [start]
+    while todo:
+        node = todo.pop(0)
+        for succ in sorted(edges.get(node, {})):
+            if succ not in previous:
+                previous[succ] = node
+                todo.append(succ)
+    path, node = [], goal
+    while node is not None:
+        path.append(node)
+        node = previous[node]
+    return path[::-1]
 
 
 def cycles(edges):

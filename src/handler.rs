@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::catalog::RustJob;
 use crate::queue::claim::Claim;
 
 use crate::pools::{pool_error_body, Pools};
@@ -124,16 +125,14 @@ pub(crate) struct Registration {
 /// The handlers a service registers.
 pub(crate) type Handlers = Vec<Registration>;
 
-/// How a handler job is listed and run, like the keys of a job file. The defaults: no
-/// description, `workers.job_timeout`, no retry.
-#[derive(Debug, Clone, Default)]
-pub struct HandlerOptions {
-    /// Shown by the `jobs` op.
-    pub description: String,
-    /// The timeout; `None` takes `workers.job_timeout`.
-    pub timeout: Option<Duration>,
-    /// Safe to run twice: re-run once on another worker if its worker dies.
-    pub retry_on_worker_lost: bool,
+pub use crate::catalog::HandlerOptions;
+
+impl HandlerRef {
+    /// The handler of a Rust job of the catalog, which holds it opaque (so the catalog, and
+    /// the master that reads it, import nothing that opens a connection).
+    pub(crate) fn of(job: &RustJob) -> Option<&HandlerRef> {
+        job.handler.downcast_ref::<HandlerRef>()
+    }
 }
 
 /// Why a handler job failed: a kind from the protocol's closed set and a message for a

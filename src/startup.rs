@@ -134,7 +134,7 @@ pub(crate) fn check(config: Config, handlers: &Handlers) -> Result<Loaded, Vec<S
             let added = catalog.add_handler(
                 &registration.name,
                 &registration.options,
-                registration.handler.clone(),
+                Arc::new(registration.handler.clone()),
                 config.workers.job_timeout,
             );
             problems.extend(added.err());

@@ -19,7 +19,6 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json};
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::handler::{HandlerOptions, HandlerRef};
 pub use numeric::Numeric;
 pub use params::{opens_transaction, rewrite, Rewritten};
 pub use rows::row_to_json;
@@ -103,10 +102,36 @@ pub struct SqlJob {
 }
 
 /// A job written in Rust ([`crate::Service::handler`]): the worker calls it, and its
-/// arguments are its own to check.
-#[derive(Debug, Clone, PartialEq)]
+/// arguments are its own to check. The handler is held opaque: the catalog (and the master,
+/// which reads the catalog) must not import the handler API, which opens connections; the
+/// worker gets it back with `HandlerRef::of`.
+#[derive(Clone)]
 pub struct RustJob {
-    pub(crate) handler: HandlerRef,
+    pub(crate) handler: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for RustJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RustJob(..)")
+    }
+}
+
+impl PartialEq for RustJob {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.handler, &other.handler)
+    }
+}
+
+/// How a handler job is listed and run, like the keys of a job file. The defaults: no
+/// description, `workers.job_timeout`, no retry.
+#[derive(Debug, Clone, Default)]
+pub struct HandlerOptions {
+    /// Shown by the `jobs` op.
+    pub description: String,
+    /// The timeout; `None` takes `workers.job_timeout`.
+    pub timeout: Option<Duration>,
+    /// Safe to run twice: re-run once on another worker if its worker dies.
+    pub retry_on_worker_lost: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +226,7 @@ impl Catalog {
         &mut self,
         name: &str,
         options: &HandlerOptions,
-        handler: HandlerRef,
+        handler: Arc<dyn std::any::Any + Send + Sync>,
         default_timeout: Duration,
     ) -> Result<(), String> {
         if let Some(taken) = self.jobs.get(name) {

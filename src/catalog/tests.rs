@@ -179,14 +179,9 @@ fn a_missing_directory_is_one_clear_error() {
     assert!(errors[0].starts_with("/nonexistent/workers: cannot read the job directory"));
 }
 
-fn a_handler() -> HandlerRef {
-    fn answer(
-        _ctx: &mut crate::handler::JobContext<'_>,
-        _args: &Map<String, Json>,
-    ) -> Result<Json, crate::handler::JobError> {
-        Ok(Json::Null)
-    }
-    HandlerRef(Arc::new(answer))
+/// A registered handler as the catalog holds it: opaque, compared by identity.
+fn a_handler() -> Arc<dyn std::any::Any + Send + Sync> {
+    Arc::new(())
 }
 
 #[test]

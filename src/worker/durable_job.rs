@@ -153,7 +153,7 @@ impl DurableRun<'_> {
                     completed: false,
                 };
                 let outcome = super::rust_job::run(
-                    &rust.handler,
+                    rust,
                     job.claim.id as u64,
                     &spec.name,
                     &args,

@@ -374,15 +374,7 @@ fn run_spec(
 ) -> Result<String, ErrorBody> {
     let mut result = match &spec.kind {
         JobKind::Rust(rust) => {
-            let value = rust_job::run(
-                &rust.handler,
-                job_id,
-                &spec.name,
-                args,
-                deadline,
-                pools,
-                None,
-            )?;
+            let value = rust_job::run(rust, job_id, &spec.name, args, deadline, pools, None)?;
             json!({ "value": value })
         }
         JobKind::Sql(sql) => {

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
+use crate::catalog::RustJob;
 use crate::handler::{DurableRun, HandlerRef, JobContext};
 use crate::pools::Pools;
 use crate::protocol::{ErrorBody, ErrorKind};
@@ -15,7 +16,7 @@ use crate::protocol::{ErrorBody, ErrorKind};
 /// nothing of forkpool's is left poisoned. A handler that keeps state of its own behind a
 /// lock must expect to find it poisoned after a panic.
 pub fn run(
-    handler: &HandlerRef,
+    rust: &RustJob,
     job_id: u64,
     job: &str,
     args: &Map<String, Value>,
@@ -23,6 +24,12 @@ pub fn run(
     pools: &Pools,
     durable: Option<&mut DurableRun>,
 ) -> Result<Value, ErrorBody> {
+    let Some(handler) = HandlerRef::of(rust) else {
+        return Err(ErrorBody::new(
+            ErrorKind::Internal,
+            format!("job `{job}` holds no Rust handler"),
+        ));
+    };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut ctx = JobContext::new(job_id, job, deadline, pools, durable);
         handler.0.run(&mut ctx, args)
