@@ -88,7 +88,10 @@ UPDATE forkpool.jobs j
 RETURNING j.id, j.claim_count, j.job, j.args::text, j.queue, j.attempt, j.max_attempts";
 
 /// Claims up to `limit` runnable jobs for `holder` (an autocommit statement: the claim is
-/// visible, and rescuable, before the job starts). `record_backend` records the session's
+/// visible, and rescuable, before the job starts). Planned at each call, not prepared once:
+/// a generic plan cannot know how many jobs the names match, and with 20,000 waiting it
+/// sorted them all (8 ms a claim) instead of walking the claim index (under 1 ms).
+/// `record_backend` records the session's
 /// backend for `cancel`; off behind a transaction-mode pooler, where a later statement may
 /// run on another backend and signalling the recorded one could cancel someone else's query.
 pub fn claim(
@@ -100,8 +103,7 @@ pub fn claim(
     lease: Duration,
     record_backend: bool,
 ) -> Result<Vec<ClaimedJob>, pool::Error> {
-    let rows = super::query(
-        conn,
+    let rows = conn.query_sql(
         CLAIM,
         &[
             &jobs,
