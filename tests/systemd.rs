@@ -545,7 +545,27 @@ fn wait_with_timeout(mut child: std::process::Child) -> std::process::ExitStatus
 
 // ---- status --prometheus -------------------------------------------------------------------
 
+/// `forkpool status` of `service` as the binary prints it (`format`: `--prometheus`, or
+/// `--table` for the default); its exit code must be 0.
+fn status_output(service: &Service, format: &str) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_forkpool"));
+    command.arg("status");
+    if format != "--table" {
+        command.arg(format);
+    }
+    let output = command
+        .arg("--socket")
+        .arg(&service.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "status {format}:\n{text}");
+    text
+}
+
 /// Parses the text exposition: samples by `name{labels}`, and the names with HELP and TYPE.
+/// Checks the naming convention on the way: a counter's name ends in `_total`, and only a
+/// counter's does.
 fn parse_exposition(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
     let mut samples = BTreeMap::new();
     let mut types = BTreeMap::new();
@@ -569,6 +589,13 @@ fn parse_exposition(text: &str) -> (BTreeMap<String, f64>, BTreeMap<String, Stri
             assert!(helped.iter().any(|h| h == name), "{name} has no HELP line");
             samples.insert(series.to_string(), value);
         }
+    }
+    for (name, kind) in &types {
+        assert_eq!(
+            kind == "counter",
+            name.ends_with("_total"),
+            "{name} is a {kind}"
+        );
     }
     (samples, types)
 }
@@ -603,22 +630,8 @@ fn status_prometheus_counts_the_jobs_that_ran() {
     let pool = pool_of(&status);
     assert_eq!(pool["closed_by_reason"], json!({"ping": 1}), "{status}");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
-        .args(["status", "--prometheus", "--socket"])
-        .arg(&service.socket)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(output.status.code(), Some(0), "{text}");
-    let (samples, types) = parse_exposition(&text);
-
-    for (name, kind) in &types {
-        assert_eq!(
-            kind == "counter",
-            name.ends_with("_total"),
-            "{name} is a {kind}"
-        );
-    }
+    let text = status_output(&service, "--prometheus");
+    let (samples, _) = parse_exposition(&text);
     assert_eq!(
         samples["forkpool_jobs_accepted_total"], jobs as f64,
         "{text}"
@@ -683,6 +696,10 @@ fn status_prometheus_counts_the_jobs_that_ran() {
         11,
         "a pool series unaccounted for:\n{text}"
     );
+    assert!(
+        !text.contains("forkpool_durable_") && !text.contains("forkpool_queue_jobs"),
+        "durable series with durable jobs off:\n{text}"
+    );
 
     let both = Command::new(env!("CARGO_BIN_EXE_forkpool"))
         .args(["status", "--prometheus", "--json", "--socket"])
@@ -702,6 +719,137 @@ fn status_prometheus_counts_the_jobs_that_ran() {
         !logs.starts_with('<'),
         "a journald prefix without JOURNAL_STREAM:\n{logs}"
     );
+}
+
+/// `status` of a durable service after one durable job ran, in its own queue: the table shows
+/// the queue's line and this host's, the Prometheus text the durable series with their labels.
+#[test]
+fn status_shows_the_durable_queue_and_this_host_as_table_and_prometheus() {
+    let service = Service::start(
+        ServiceOptions::on(Cluster::shared())
+            .durable()
+            .queue_key("poll_interval", "\"100ms\""),
+    );
+    service.wait_for_log("queue ready", 1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let queue = format!("status-{}-{nanos}", std::process::id());
+    let mut client = service.client();
+    let enqueued = client.request(json!({
+        "id": 1, "op": "enqueue", "job": "add", "args": {"a": 1}, "queue": queue,
+    }));
+    let job_id = enqueued["result"]["job_id"].clone();
+    let ended =
+        client.request(json!({"id": 2, "op": "result", "job_id": job_id, "wait_ms": 30000}));
+    assert_eq!(ended["result"]["state"], "completed", "{ended}");
+
+    // The keeper counts the queues every 2 s: wait for a count that has the job completed,
+    // and for this host's heartbeat.
+    // This host is the one named by this service's socket (`hostname:socket path`).
+    let identity_ends = format!(":{}", service.socket.display());
+    let this_host = |host: &Value| {
+        host["host"]
+            .as_str()
+            .is_some_and(|identity| identity.ends_with(&identity_ends))
+    };
+    let queue_of = |status: &Value| {
+        status["durable"]["queues"]
+            .as_array()
+            .and_then(|queues| queues.iter().find(|q| q["queue"] == queue.as_str()))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let status = service.wait_for_status("the completed job counted, this host seen", |status| {
+        queue_of(status)["completed"] == 1
+            && status["durable"]["hosts"]
+                .as_array()
+                .is_some_and(|hosts| hosts.iter().any(this_host))
+    });
+    let host = status["durable"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|host| this_host(host))
+        .unwrap()
+        .clone();
+
+    let table = status_output(&service, "--table");
+    assert!(
+        table.contains("\ndurable jobs: ready — database main, 0 running here\n"),
+        "{table}"
+    );
+    let fields_of = |first: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no line for {first}:\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // available, scheduled, running, completed, discarded, cancelled, then the oldest
+    // available job's age: none waits.
+    let queue_line = fields_of(&queue);
+    assert_eq!(
+        queue_line[1..],
+        ["0", "0", "0", "1", "0", "0", "0.0", "s"],
+        "{table}"
+    );
+    let host_line = fields_of(host["host"].as_str().unwrap());
+    assert_eq!(host_line[1], host["instance"].to_string(), "{table}");
+    assert_eq!(host_line[2], host["hostname"].as_str().unwrap(), "{table}");
+    assert_eq!(host_line[3], host["pid"].to_string(), "{table}");
+    assert_eq!(host_line.last().map(String::as_str), Some("ago"), "{table}");
+    let counts = table
+        .lines()
+        .skip_while(|line| !line.starts_with("enqueued "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no totals:\n{table}"));
+    assert_eq!(
+        counts.split_whitespace().collect::<Vec<_>>(),
+        ["1", "1", "1", "0", "0", "0", "0", "0", "0"],
+        "enqueued, claimed, completed; no retry, discard, cancel, release, loss or rescue:\n{table}"
+    );
+
+    let text = status_output(&service, "--prometheus");
+    let (samples, types) = parse_exposition(&text);
+    assert_eq!(types["forkpool_queue_jobs"], "gauge");
+    assert_eq!(types["forkpool_queue_oldest_available_seconds"], "gauge");
+    assert_eq!(types["forkpool_durable_jobs_total"], "counter");
+    assert_eq!(types["forkpool_durable_ready"], "gauge");
+    assert_eq!(types["forkpool_queue_hosts"], "gauge");
+    for (state, count) in [
+        ("available", 0.0),
+        ("scheduled", 0.0),
+        ("running", 0.0),
+        ("completed", 1.0),
+        ("discarded", 0.0),
+        ("cancelled", 0.0),
+    ] {
+        let series = format!("forkpool_queue_jobs{{queue=\"{queue}\",state=\"{state}\"}}");
+        assert_eq!(samples.get(&series), Some(&count), "{series}:\n{text}");
+    }
+    let oldest = format!("forkpool_queue_oldest_available_seconds{{queue=\"{queue}\"}}");
+    assert_eq!(samples.get(&oldest), Some(&0.0), "{text}");
+    for (outcome, count) in [
+        ("enqueued", 1.0),
+        ("claimed", 1.0),
+        ("completed", 1.0),
+        ("retried", 0.0),
+        ("discarded", 0.0),
+        ("cancelled", 0.0),
+        ("released", 0.0),
+        ("lost", 0.0),
+        ("rescued", 0.0),
+    ] {
+        let series = format!("forkpool_durable_jobs_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(samples.get(&series), Some(&count), "{series}:\n{text}");
+    }
+    assert_eq!(samples["forkpool_durable_ready"], 1.0, "{text}");
+    // Other tests' services share the database: at least this one.
+    assert!(samples["forkpool_queue_hosts"] >= 1.0, "{text}");
 }
 
 // ---- journald ------------------------------------------------------------------------------

@@ -20,6 +20,30 @@ use serde_json::{json, Value};
 
 use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
 
+/// The states `status` and `queues` count jobs in per queue, in the order a job goes through
+/// them (`scheduled`: `available` with a `run_at` in the future).
+const QUEUE_STATES: [&str; 6] = [
+    "available",
+    "scheduled",
+    "running",
+    "completed",
+    "discarded",
+    "cancelled",
+];
+
+/// The durable totals of `status`, in the order of a job's life.
+const DURABLE_OUTCOMES: [&str; 9] = [
+    "enqueued",
+    "claimed",
+    "completed",
+    "retried",
+    "discarded",
+    "cancelled",
+    "released",
+    "lost",
+    "rescued",
+];
+
 /// Sends one request on a connection of its own and reads its answer, however long it takes.
 fn request(socket: &Path, request: &Value) -> Result<Value, i32> {
     Connection::open(socket)?.ask(request, None)

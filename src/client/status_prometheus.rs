@@ -5,11 +5,14 @@
 //! `_seconds`), `_total` on counters. Per-worker series are labelled by `slot` (stable across
 //! replacements, unlike a pid), pool series by `slot` and `database`. A worker's counters
 //! restart at zero when its slot gets a new process; Prometheus' `rate()` treats that as a
-//! counter reset.
+//! counter reset. Durable series (when durable jobs are on) are labelled by `queue` and
+//! `state`, or by `outcome`; the queue figures are the whole table's, shared by every host.
 
 use std::fmt::Write;
 
 use serde_json::Value;
+
+use super::{DURABLE_OUTCOMES, QUEUE_STATES};
 
 /// The worker states `status` reports; each gets a series, zero included, so a state that
 /// empties shows as 0 rather than vanishing.
@@ -172,7 +175,74 @@ pub fn render(status: &Value) -> String {
     }
 
     render_pools(&mut out, workers);
+    if !status["durable"].is_null() {
+        render_durable(&mut out, &status["durable"]);
+    }
     out
+}
+
+/// Durable-job series (DESIGN §12 "Visibility"): readiness, the hosts sharing the queue, the
+/// jobs of each queue by state and its oldest runnable job's wait (both counted by the keeper
+/// every 2 s), and this instance's outcome counters (reset at each start).
+fn render_durable(out: &mut String, durable: &Value) {
+    let ready = if durable["ready"] == Value::Bool(true) {
+        1.0
+    } else {
+        0.0
+    };
+    Family::new(
+        out,
+        "forkpool_durable_ready",
+        "gauge",
+        "1 when durable jobs can be enqueued and claimed (schema usable, keeper running).",
+    )
+    .sample(&[], ready);
+    let hosts = durable["hosts"].as_array().map_or(0, Vec::len);
+    Family::new(
+        out,
+        "forkpool_queue_hosts",
+        "gauge",
+        "Hosts sharing the durable queue, seen within three leases.",
+    )
+    .sample(&[], hosts as f64);
+
+    let empty = Vec::new();
+    let queues = durable["queues"].as_array().unwrap_or(&empty);
+    let mut family = Family::new(
+        out,
+        "forkpool_queue_jobs",
+        "gauge",
+        "Durable jobs by queue and state (scheduled: available with a future run_at).",
+    );
+    for queue in queues {
+        let name = queue["queue"].as_str().unwrap_or_default();
+        for state in QUEUE_STATES {
+            family.sample(&[("queue", name), ("state", state)], number(&queue[state]));
+        }
+    }
+    let mut family = Family::new(
+        out,
+        "forkpool_queue_oldest_available_seconds",
+        "gauge",
+        "Seconds the oldest runnable job of the queue has waited past its run_at (0: none).",
+    );
+    for queue in queues {
+        let name = queue["queue"].as_str().unwrap_or_default();
+        family.sample(
+            &[("queue", name)],
+            number(&queue["oldest_available_seconds"]),
+        );
+    }
+
+    let mut family = Family::new(
+        out,
+        "forkpool_durable_jobs_total",
+        "counter",
+        "Durable jobs this instance enqueued, claimed, settled, put back or took back, by outcome.",
+    );
+    for outcome in DURABLE_OUTCOMES {
+        family.sample(&[("outcome", outcome)], number(&durable["totals"][outcome]));
+    }
 }
 
 /// Pool series, from each worker's last heartbeat (`PoolStats` per database).
@@ -315,5 +385,48 @@ mod tests {
         assert!(text.contains(
             "forkpool_pool_connections_closed_total{slot=\"1\",database=\"ma\\\"in\",reason=\"idle\"} 2\n"
         ));
+    }
+
+    #[test]
+    fn renders_durable_series_by_queue_state_and_outcome() {
+        let status = json!({
+            "workers": [],
+            "durable": {
+                "ready": true, "database": "main", "running": 1,
+                "queues": [{"queue": "emails", "available": 3, "scheduled": 1, "running": 1,
+                    "completed": 40, "discarded": 2, "cancelled": 0,
+                    "oldest_available_seconds": 1.5}],
+                "hosts": [{"host": "a"}, {"host": "b"}],
+                "schedules": [],
+                "totals": {"enqueued": 46, "claimed": 44, "completed": 40, "retried": 2,
+                    "discarded": 2, "cancelled": 0, "released": 0, "lost": 0, "rescued": 1}
+            }
+        });
+        let text = render(&status);
+        for expected in [
+            "# TYPE forkpool_durable_ready gauge\nforkpool_durable_ready 1\n",
+            "# TYPE forkpool_queue_hosts gauge\nforkpool_queue_hosts 2\n",
+            "# TYPE forkpool_queue_jobs gauge\n",
+            "forkpool_queue_jobs{queue=\"emails\",state=\"available\"} 3\n",
+            "forkpool_queue_jobs{queue=\"emails\",state=\"scheduled\"} 1\n",
+            "forkpool_queue_jobs{queue=\"emails\",state=\"cancelled\"} 0\n",
+            "forkpool_queue_oldest_available_seconds{queue=\"emails\"} 1.5\n",
+            "# TYPE forkpool_durable_jobs_total counter\n",
+            "forkpool_durable_jobs_total{outcome=\"enqueued\"} 46\n",
+            "forkpool_durable_jobs_total{outcome=\"rescued\"} 1\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+        }
+        let samples = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(samples("forkpool_queue_jobs{"), 6, "{text}");
+        assert_eq!(samples("forkpool_durable_jobs_total{"), 9, "{text}");
+    }
+
+    #[test]
+    fn no_durable_series_when_durable_jobs_are_off() {
+        let text = render(&json!({"workers": [], "durable": null}));
+        assert!(!text.contains("durable"), "{text}");
+        assert!(!text.contains("forkpool_queue_jobs"), "{text}");
+        assert!(!text.contains("forkpool_queue_hosts"), "{text}");
     }
 }
