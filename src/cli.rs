@@ -81,6 +81,16 @@ enum Command {
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
     },
+    /// List the durable queues with their counts; pause or resume one on every host.
+    Queue {
+        #[command(flatten)]
+        target: Target,
+        /// Print the queues as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
     /// Create or upgrade the durable jobs' schema in queue.database.
     Migrate {
         /// The configuration file [default: $FORKPOOL_CONFIG, else config/forkpool.toml].
@@ -104,14 +114,30 @@ enum Command {
     },
 }
 
-/// Where a client command finds the service.
+/// What `forkpool queue` does besides listing.
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Stop claiming the queue's jobs on every host (enqueueing goes on).
+    Pause {
+        /// The queue's name.
+        queue: String,
+    },
+    /// Claim the queue's jobs again, on every host.
+    Resume {
+        /// The queue's name.
+        queue: String,
+    },
+}
+
+/// Where a client command finds the service. Global, so that `forkpool queue pause NAME
+/// --socket PATH` reads as well as `forkpool queue --socket PATH pause NAME`.
 #[derive(clap::Args)]
 struct Target {
     /// The service's socket [default: $FORKPOOL_SOCKET, else the configured service.socket].
-    #[arg(long, env = "FORKPOOL_SOCKET")]
+    #[arg(long, env = "FORKPOOL_SOCKET", global = true)]
     socket: Option<PathBuf>,
     /// The configuration whose service.socket to use.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
 }
 
@@ -124,7 +150,7 @@ pub fn main() -> i32 {
 
 /// The `forkpool` command line for a program of your own that registers Rust handlers:
 /// `run` serves them next to the job files, `check` checks them too, and `submit`, `status`,
-/// `enqueue`, `result`, `cancel` and `bench` talk to a running service as `forkpool` does. Parses the process's arguments
+/// `enqueue`, `result`, `cancel`, `queue` and `bench` talk to a running service as `forkpool` does. Parses the process's arguments
 /// (exiting with usage on bad ones), sets up logging to stderr (`RUST_LOG`, journald-aware),
 /// runs the command and returns the exit code for [`std::process::exit`]: 0 success, 1 the
 /// job or request failed, 2 bad usage or configuration, 3 the service could not be reached.
@@ -175,6 +201,22 @@ pub fn main_with(service: Service) -> i32 {
         },
         Command::Cancel { target, id } => match socket_path(&target) {
             Ok(socket) => client::durable::cancel(&socket, id),
+            Err(code) => code,
+        },
+        Command::Queue {
+            target,
+            json,
+            action,
+        } => match socket_path(&target) {
+            Ok(socket) => match action {
+                None => client::queues::list(&socket, json),
+                Some(QueueAction::Pause { queue }) => {
+                    client::queues::set_paused(&socket, &queue, true)
+                }
+                Some(QueueAction::Resume { queue }) => {
+                    client::queues::set_paused(&socket, &queue, false)
+                }
+            },
             Err(code) => code,
         },
         Command::Migrate { config } => match startup::load_config(config.as_deref()) {

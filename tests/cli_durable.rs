@@ -1,6 +1,6 @@
 //! The durable-job commands end to end (DESIGN §4, §12): `forkpool enqueue`, `result`,
-//! `cancel` and `migrate` run as the real binary against a real service and cluster, and
-//! each exit code is the one the contract names.
+//! `cancel`, `queue` (list, pause, resume) and `migrate` run as the real binary against a
+//! real service and cluster, and each exit code is the one the contract names.
 
 mod support;
 
@@ -315,4 +315,128 @@ fn migrate_refuses_a_newer_schema_an_unreachable_database_and_durable_jobs_off()
     let stderr = String::from_utf8_lossy(&off.stderr);
     assert_eq!(off.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("durable jobs are off"), "{stderr}");
+}
+
+/// A queue name no other test or earlier run has used.
+fn fresh_queue(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
+/// The row of `queue` in a `queues` result, if it is listed.
+fn listed<'a>(queues: &'a Value, queue: &str) -> Option<&'a Value> {
+    queues["queues"]
+        .as_array()?
+        .iter()
+        .find(|row| row["queue"] == queue)
+}
+
+#[test]
+fn queue_pause_lists_the_queue_paused_holds_its_jobs_and_resume_runs_them() {
+    let queue = fresh_queue("cli-paused");
+    let (code, paused, out) = answer(&on_service("queue", &["pause", &queue]));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        paused["result"],
+        serde_json::json!({"queue": queue, "paused": true}),
+        "{out}"
+    );
+
+    // Paused before the job is stored: no claim takes it, and `queues` counts it now (the
+    // `queues` op counts when asked, not every 2 s like `status`).
+    let (code, enqueued, out) = answer(&on_service(
+        "enqueue",
+        &["add", r#"{"a": 1}"#, "--queue", &queue],
+    ));
+    assert_eq!(code, Some(0), "{out}");
+    let id = enqueued["result"]["job_id"].to_string();
+    let (code, queues, out) = answer(&on_service("queue", &["--json"]));
+    assert_eq!(code, Some(0), "{out}");
+    let row = listed(&queues, &queue).unwrap_or_else(|| panic!("{queue} not listed: {out}"));
+    assert_eq!(row["paused"], true, "{out}");
+    assert_eq!(row["available"], 1, "{out}");
+    assert_eq!(row["running"], 0, "{out}");
+    assert_eq!(row["completed"], 0, "{out}");
+
+    let table = on_service("queue", &[]);
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(table.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("queue ") && stdout.lines().next().unwrap().ends_with("  paused"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("{queue} ")))
+        .unwrap_or_else(|| panic!("no line for {queue}:\n{stdout}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[1..7], ["1", "0", "0", "0", "0", "0"], "{line}");
+    assert_eq!(fields.last(), Some(&"yes"), "{line}");
+
+    // --socket after the subcommand too.
+    let socket = service().socket.to_str().unwrap();
+    let (code, resumed, out) = answer(&forkpool(&["queue", "resume", &queue, "--socket", socket]));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        resumed["result"],
+        serde_json::json!({"queue": queue, "paused": false}),
+        "{out}"
+    );
+    let (code, result, out) = answer(&on_service("result", &[&id, "--wait", "30"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(result["result"]["state"], "completed", "{out}");
+    let (_, queues, out) = answer(&on_service("queue", &["--json"]));
+    let row = listed(&queues, &queue).unwrap_or_else(|| panic!("{queue} not listed: {out}"));
+    assert_eq!(row["paused"], false, "{out}");
+    assert_eq!(row["completed"], 1, "{out}");
+}
+
+#[test]
+fn queue_commands_exit_1_when_refused_2_on_bad_usage_3_when_unreachable() {
+    let (code, refused, out) = answer(&on_service("queue", &["pause", ""]));
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(refused["error"]["kind"], "bad_request", "{out}");
+
+    for args in [&["queue", "pause"][..], &["queue", "frobnicate"][..]] {
+        let output = forkpool(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    }
+
+    for args in [
+        &["queue", "--socket", "/nonexistent/x.sock"][..],
+        &["queue", "--json", "--socket", "/nonexistent/x.sock"][..],
+        &[
+            "queue",
+            "pause",
+            "emails",
+            "--socket",
+            "/nonexistent/x.sock",
+        ][..],
+        &[
+            "queue",
+            "--socket",
+            "/nonexistent/x.sock",
+            "resume",
+            "emails",
+        ][..],
+    ] {
+        let output = forkpool(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("cannot reach forkpool at"), "{stderr}");
+    }
+}
+
+#[test]
+fn queue_listing_exits_1_when_durable_jobs_are_off() {
+    let service = Service::start(ServiceOptions::on(Cluster::shared()));
+    let socket = service.socket.to_str().unwrap();
+    let output = forkpool(&["queue", "--socket", socket]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad_request"), "{stderr}");
 }

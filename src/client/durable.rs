@@ -15,7 +15,7 @@ const WAIT_CHUNK: Duration = Duration::from_secs(30);
 
 /// How long an answer may take beyond the wait it asked for: the keeper's statements are
 /// cancelled after 10 s (`keeper::STATEMENT_DEADLINE`), so 30 s means the service is stuck.
-const ANSWER_GRACE: Duration = Duration::from_secs(30);
+pub(super) const ANSWER_GRACE: Duration = Duration::from_secs(30);
 
 /// The states a durable job does not leave.
 const FINAL_STATES: [&str; 3] = ["completed", "discarded", "cancelled"];

@@ -1,5 +1,5 @@
 //! The client-side commands: `submit`, `status` (as a table, JSON or Prometheus text),
-//! `enqueue`, `result`, `cancel` and `bench` talk to a running service over its socket like
+//! `enqueue`, `result`, `cancel`, `queue` and `bench` talk to a running service over its socket like
 //! any client; `migrate` connects to the queue's database itself. The master imports nothing
 //! from here.
 
@@ -8,6 +8,7 @@ mod bench_durable;
 pub(crate) mod durable;
 mod load;
 pub(crate) mod migrate;
+pub(crate) mod queues;
 mod status_prometheus;
 mod status_table;
 
@@ -163,7 +164,13 @@ pub(crate) fn submit(socket: &Path, job: &str, args: Option<&str>, timeout_ms: O
     if let Some(ms) = timeout_ms {
         body["timeout_ms"] = json!(ms);
     }
-    match request(socket, &body) {
+    print_with_exit_code(request(socket, &body))
+}
+
+/// Prints an answer as JSON and returns 0 when it is ok, 1 when refused; an answer not had
+/// returns its exit code (3: unreachable).
+fn print_with_exit_code(answer: Result<Value, i32>) -> i32 {
+    match answer {
         Ok(answer) => {
             print_answer(&answer);
             if answer["ok"] == json!(true) {
