@@ -88,7 +88,7 @@ pub fn run(channel: UnixStream, master: Pid, setup: KeeperSetup) -> ! {
         error!("queue keeper: atfork reset failed: {problem}");
         std::process::exit(70);
     }
-    std::process::exit(serve(channel, setup))
+    std::process::exit(serve(channel, master.as_raw(), setup))
 }
 
 /// The keeper's state: its pool, whether the schema is ready, and its timers.
@@ -103,8 +103,9 @@ struct Keeper {
     next_heartbeat: Instant,
     /// When lapsed leases (of any host) are next looked for: every poll interval.
     next_lapsed_rescue: Instant,
-    /// This machine's name, for the hosts table.
+    /// This machine's name and the master's pid, for the hosts table.
     hostname: String,
+    master: i32,
     schedules: Vec<schedules::Schedule>,
     next_prune: Instant,
     /// The last start-up problem, logged once until it changes.
@@ -113,7 +114,7 @@ struct Keeper {
     rescue_again: Vec<(Instant, i64, String)>,
 }
 
-fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
+fn serve(channel: UnixStream, master: i32, setup: KeeperSetup) -> i32 {
     let Some(spec) = setup.databases.get(&setup.database).cloned() else {
         error!(
             "queue keeper: queue.database {:?} is not configured",
@@ -161,6 +162,7 @@ fn serve(channel: UnixStream, setup: KeeperSetup) -> i32 {
         next_lapsed_rescue: now,
         schedules,
         next_prune: now + PRUNE_EVERY / 4,
+        master,
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_string())
             .unwrap_or_else(|_| "localhost".to_string()),
@@ -264,7 +266,7 @@ impl Keeper {
             let rescued = keeping::rescue(&mut conn, earlier, "the service was restarted")
                 .map_err(|e| format!("rescuing earlier instances' jobs: {e}"))?;
             let (host, instance) = (&self.setup.host, self.setup.instance);
-            leases::heartbeat(&mut conn, host, instance, &self.hostname)
+            leases::heartbeat(&mut conn, host, instance, &self.hostname, self.master)
                 .map_err(|e| format!("registering this host: {e}"))?;
             if rescued > 0 {
                 info!(target: "forkpool::queue", "rescued {rescued} jobs an earlier instance of this host held");

@@ -294,7 +294,7 @@ impl Keeper {
         }
         let renewed = self.checkout().and_then(|mut conn| {
             let (host, instance) = (&self.setup.host, self.setup.instance);
-            leases::heartbeat(&mut conn, host, instance, &self.hostname)?;
+            leases::heartbeat(&mut conn, host, instance, &self.hostname, self.master)?;
             leases::renew(&mut conn, host, instance, job_ids, self.setup.queue.lease)
         });
         match renewed {

@@ -9,14 +9,14 @@ use serde::Serialize;
 use super::claim::error_object;
 use crate::pool::{self, PooledConnection};
 
-/// Registers this host instance, or refreshes its heartbeat.
+/// Registers this host instance, or refreshes its heartbeat; `pid` is its master's.
 pub fn heartbeat(
     conn: &mut PooledConnection,
     host: &str,
     instance: i64,
     hostname: &str,
+    pid: i32,
 ) -> Result<(), pool::Error> {
-    let pid = std::process::id() as i32;
     conn.query_sql(
         "INSERT INTO forkpool.hosts (host, instance, hostname, pid) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (host, instance) DO UPDATE SET last_seen = now()",
