@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 use super::clients::ClientId;
 use super::jobs::Job;
 use super::Master;
+use crate::catalog::JobSpec;
 use crate::ipc::ToWorker;
 use crate::protocol::{self, ErrorBody, ErrorKind};
 
@@ -26,22 +29,10 @@ impl Master {
             let body = ErrorBody::new(ErrorKind::ShuttingDown, "the service is stopping");
             return self.answer_error(client, &id, &body);
         }
-        let Some(spec) = self.catalog.get(name).cloned() else {
-            let known: Vec<&str> = self.catalog.names().collect();
-            let body = ErrorBody::new(
-                ErrorKind::UnknownJob,
-                format!("no job named `{name}` (jobs: {})", known.join(", ")),
-            );
-            return self.answer_error(client, &id, &body);
+        let spec = match self.checked_job(name, &args) {
+            Ok(spec) => spec,
+            Err(body) => return self.answer_error(client, &id, &body),
         };
-        // Checked here so bad arguments never reach a worker; the worker binds them again.
-        let checked = serde_json::from_str(args.get())
-            .map_err(|e| e.to_string())
-            .and_then(|object| spec.check_args(&object));
-        if let Err(message) = checked {
-            let body = ErrorBody::new(ErrorKind::InvalidArgs, message);
-            return self.answer_error(client, &id, &body);
-        }
         if self.jobs.queued_count() >= self.config.service.queue_limit {
             let body = ErrorBody::new(
                 ErrorKind::QueueFull,
@@ -68,6 +59,27 @@ impl Master {
             running: None,
             retried: false,
         });
+    }
+
+    /// The catalog's job `name` with `args` checked against it, as `run` and `enqueue` both
+    /// need: bad arguments never reach a worker (which binds them again) or the job table.
+    pub(super) fn checked_job(
+        &self,
+        name: &str,
+        args: &RawValue,
+    ) -> Result<Arc<JobSpec>, ErrorBody> {
+        let Some(spec) = self.catalog.get(name).cloned() else {
+            let known: Vec<&str> = self.catalog.names().collect();
+            return Err(ErrorBody::new(
+                ErrorKind::UnknownJob,
+                format!("no job named `{name}` (jobs: {})", known.join(", ")),
+            ));
+        };
+        serde_json::from_str(args.get())
+            .map_err(|e| e.to_string())
+            .and_then(|object| spec.check_args(&object))
+            .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))?;
+        Ok(spec)
     }
 
     /// Answers an accepted job and forgets it. The one place a job leaves the master.

@@ -86,19 +86,7 @@ impl Master {
         if self.refuse_durable(client, &id, "enqueue") {
             return;
         }
-        let Some(spec) = self.catalog.get(&job).cloned() else {
-            let known: Vec<&str> = self.catalog.names().collect();
-            let body = ErrorBody::new(
-                ErrorKind::UnknownJob,
-                format!("no job named `{job}` (jobs: {})", known.join(", ")),
-            );
-            return self.answer_error(client, &id, &body);
-        };
-        let checked = serde_json::from_str(args.get())
-            .map_err(|e| e.to_string())
-            .and_then(|object| spec.check_args(&object));
-        if let Err(message) = checked {
-            let body = ErrorBody::new(ErrorKind::InvalidArgs, message);
+        if let Err(body) = self.checked_job(&job, &args) {
             return self.answer_error(client, &id, &body);
         }
         if let Some(run_at) = &options.run_at {

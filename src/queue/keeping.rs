@@ -185,23 +185,9 @@ pub fn rescue(
             ("host = $1 AND instance <> $2", host, instance, None)
         }
     };
-    let sql = format!(
-        "WITH rescued AS ( \
-           UPDATE forkpool.jobs SET \
-              state = CASE WHEN cancel_requested THEN 'cancelled' \
-                           WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END, \
-              finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts \
-                                 THEN now() END, \
-              errors = errors || {error}, \
-              host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
-              lease_until = NULL \
-            WHERE state = 'running' AND {filter} \
-           RETURNING queue, state), \
-         notified AS ( \
-           SELECT pg_notify('forkpool_jobs', q.queue) \
-             FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') q) \
-         SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM notified)",
-        error = error_object("$3", "$4", "$5")
+    let sql = rescue_sql(
+        &format!("WHERE state = 'running' AND {filter}"),
+        &error_object("$3", "$4", "$5"),
     );
     let rows = match &worker {
         Some(worker) => conn.query_sql(
@@ -211,6 +197,31 @@ pub fn rescue(
         None => conn.query_sql(&sql, &[&host, &instance, &kind, &message, &no_sqlstate])?,
     };
     Ok(rows[0].get::<_, i64>(0) as u64)
+}
+
+/// The statement of every rescue: the running jobs `selection` picks (a `FROM ... WHERE`
+/// tail of the `UPDATE`) become runnable again — keeping their `run_at`, so their place in
+/// line — the attempt counted and `error` (an [`error_object`]) appended; out of attempts:
+/// discarded; cancel requested: cancelled. Other hosts are woken with one NOTIFY per queue.
+/// It answers (jobs taken back, notifications).
+pub(crate) fn rescue_sql(selection: &str, error: &str) -> String {
+    format!(
+        "WITH rescued AS ( \
+           UPDATE forkpool.jobs SET \
+              state = CASE WHEN cancel_requested THEN 'cancelled' \
+                           WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END, \
+              finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts \
+                                 THEN now() END, \
+              errors = errors || {error}, \
+              host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
+              lease_until = NULL \
+            {selection} \
+           RETURNING queue, state), \
+         notified AS ( \
+           SELECT pg_notify('forkpool_jobs', q.queue) \
+             FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') q) \
+         SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM notified)"
+    )
 }
 
 /// At the end of a graceful stop: whatever this instance still holds was interrupted by the

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::claim::error_object;
+use super::keeping::rescue_sql;
 use crate::pool::{self, PooledConnection};
 
 /// Registers this host instance, or refreshes its heartbeat; `pid` is its master's.
@@ -52,26 +53,12 @@ pub fn renew(
 /// inside its completion, which may still commit when it wakes; it is looked at again at
 /// the next poll, and no host's keeper waits on another host's lock.
 pub fn rescue_lapsed(conn: &mut PooledConnection) -> Result<u64, pool::Error> {
-    let sql = format!(
-        "WITH rescued AS ( \
-           UPDATE forkpool.jobs SET \
-              state = CASE WHEN cancel_requested THEN 'cancelled' \
-                           WHEN attempt < max_attempts THEN 'available' ELSE 'discarded' END, \
-              finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts \
-                                 THEN now() END, \
-              errors = errors || {error}, \
-              host = NULL, instance = NULL, worker = NULL, backend_pid = NULL, \
-              lease_until = NULL \
-             FROM (SELECT id FROM forkpool.jobs \
-                    WHERE state = 'running' AND lease_until < now() \
-                    FOR UPDATE SKIP LOCKED) lapsed \
-            WHERE jobs.id = lapsed.id \
-           RETURNING queue, state), \
-         notified AS ( \
-           SELECT pg_notify('forkpool_jobs', q.queue) \
-             FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'available') q) \
-         SELECT (SELECT count(*) FROM rescued), (SELECT count(*) FROM notified)",
-        error = error_object("$1", "$2", "NULL")
+    let sql = rescue_sql(
+        "FROM (SELECT id FROM forkpool.jobs \
+                WHERE state = 'running' AND lease_until < now() \
+                FOR UPDATE SKIP LOCKED) lapsed \
+          WHERE jobs.id = lapsed.id",
+        &error_object("$1", "$2", "NULL"),
     );
     let kind = "host_lost";
     let message = "its host stopped renewing its lease (killed, frozen or cut off)";
