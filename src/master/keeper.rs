@@ -5,7 +5,7 @@
 //! The master never runs a statement; the keeper runs them all for it. This room owns only
 //! the process; what its frames mean is the durable room's.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,9 @@ use log::{error, info, warn};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{fork, getpid, ForkResult, Pid};
 
+use super::channel::Channel;
 use super::{earliest_after, KeeperMain};
-use crate::ipc::{self, FrameBuffer, FromKeeper, ToKeeper};
+use crate::ipc::{FromKeeper, ToKeeper};
 
 /// First restart delay after the keeper died; doubles per death in a row, up to the ceiling.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -28,10 +29,7 @@ const SILENCE: Duration = Duration::from_secs(30);
 /// The keeper process, when one runs.
 pub struct KeeperProcess {
     pub pid: Pid,
-    pub channel: UnixStream,
-    frames: FrameBuffer,
-    output: Vec<u8>,
-    last_heard: Instant,
+    pub channel: Channel,
     /// Told to stop (or to exit for a reload) at this instant.
     told_to_stop: Option<Instant>,
 }
@@ -95,8 +93,7 @@ impl KeeperSlot {
     pub fn send(&mut self, message: &ToKeeper) -> bool {
         match &mut self.process {
             Some(process) => {
-                process.output.extend_from_slice(&ipc::encode(message));
-                let _ = process.flush();
+                process.channel.send(message);
                 true
             }
             None => false,
@@ -109,8 +106,7 @@ impl KeeperSlot {
         if let Some(process) = &mut self.process {
             if process.told_to_stop.is_none() {
                 process.told_to_stop = Some(Instant::now());
-                process.output.extend_from_slice(&ipc::encode(&message));
-                let _ = process.flush();
+                process.channel.send(&message);
             }
         }
     }
@@ -134,7 +130,7 @@ impl KeeperSlot {
                 process.pid
             );
             let _ = kill(process.pid, Signal::SIGKILL);
-        } else if now >= process.last_heard + SILENCE {
+        } else if now >= process.channel.last_heard + SILENCE {
             warn!(
                 "queue keeper (pid {}) silent for {}; killing it as hung",
                 process.pid,
@@ -147,70 +143,28 @@ impl KeeperSlot {
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let process = self.process.as_ref();
         let stop = process.and_then(|p| p.told_to_stop.map(|told| told + STOP_GRACE));
-        let silence = process.map(|p| p.last_heard + SILENCE);
+        let silence = process.map(|p| p.channel.last_heard + SILENCE);
         earliest_after(now, stop.into_iter().chain(silence).chain(self.next_spawn))
     }
 
     /// The frames the keeper sent since the last read.
     pub fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromKeeper> {
         match &mut self.process {
-            Some(process) => process.read_frames(scratch),
+            Some(process) => process.channel.read_frames(scratch, "the queue keeper"),
             None => Vec::new(),
         }
     }
 
     pub fn flush(&mut self) {
         if let Some(process) = &mut self.process {
-            let _ = process.flush();
+            let _ = process.channel.flush();
         }
     }
 }
 
 impl KeeperProcess {
     pub fn wants_write(&self) -> bool {
-        !self.output.is_empty()
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        while !self.output.is_empty() {
-            match self.channel.write(&self.output) {
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromKeeper> {
-        loop {
-            match self.channel.read(scratch) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.last_heard = Instant::now();
-                    self.frames.extend(&scratch[..n]);
-                    if n < scratch.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        let mut frames = Vec::new();
-        while let Some(frame) = self.frames.next_frame::<FromKeeper>() {
-            match frame {
-                Ok(frame) => frames.push(frame),
-                Err(e) => {
-                    error!("the queue keeper sent a broken frame: {e}");
-                    break;
-                }
-            }
-        }
-        frames
+        self.channel.wants_write()
     }
 }
 
@@ -232,13 +186,9 @@ fn spawn(main: &KeeperMain) -> io::Result<KeeperProcess> {
         Ok(ForkResult::Parent { child }) => {
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
             drop(keeper_end);
-            master_end.set_nonblocking(true)?;
             Ok(KeeperProcess {
                 pid: child,
-                channel: master_end,
-                frames: FrameBuffer::default(),
-                output: Vec::new(),
-                last_heard: Instant::now(),
+                channel: Channel::new(master_end)?,
                 told_to_stop: None,
             })
         }

@@ -25,6 +25,7 @@
 //! | (every turn)             | `notify_systemd`: READY, STATUS, WATCHDOG when due  | status     |
 
 mod admission;
+mod channel;
 mod clients;
 mod control;
 mod dispatch;
@@ -259,7 +260,7 @@ impl Master {
             if worker.wants_write() {
                 flags |= PollFlags::POLLOUT;
             }
-            fds.push(PollFd::new(worker.channel.as_fd(), flags));
+            fds.push(PollFd::new(worker.channel.stream.as_fd(), flags));
             sources.push(Source::Worker(worker.slot));
         }
         if let Some(keeper) = &self.durable.keeper.process {
@@ -267,7 +268,7 @@ impl Master {
             if keeper.wants_write() {
                 flags |= PollFlags::POLLOUT;
             }
-            fds.push(PollFd::new(keeper.channel.as_fd(), flags));
+            fds.push(PollFd::new(keeper.channel.stream.as_fd(), flags));
             sources.push(Source::Keeper);
         }
         match poll(&mut fds, timeout) {

@@ -68,7 +68,7 @@ fn silence_deadline(worker: &Worker, config: &WorkersConfig) -> Option<Instant> 
     let silence = config.heartbeat_timeout?;
     worker
         .is_hung_candidate()
-        .then(|| worker.last_heard + silence)
+        .then(|| worker.channel.last_heard + silence)
 }
 
 impl Supervisor {

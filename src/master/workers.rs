@@ -1,7 +1,7 @@
 //! The master's view of its worker processes: one [`Worker`] per process (its channel, its
 //! lifecycle, what it runs, forking it) and the [`WorkerTable`] of slots that holds them.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::{Instant, SystemTime};
 
@@ -11,9 +11,10 @@ use nix::unistd::{fork, getpid, ForkResult, Pid};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::channel::Channel;
 use super::WorkerMain;
 use crate::config::WorkersConfig;
-use crate::ipc::{self, FrameBuffer, FromWorker, ToWorker};
+use crate::ipc::{FromWorker, ToWorker};
 
 /// Where a worker is in its life, as the master sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,9 +35,9 @@ pub struct Worker {
     /// Never reused within this master's life: durable jobs name their worker by it.
     pub number: u64,
     pub pid: Pid,
-    pub channel: UnixStream,
-    frames: FrameBuffer,
-    output: Vec<u8>,
+    /// Its job channel; `last_heard` there (a heartbeat at least every second) is the
+    /// liveness check's (`workers.heartbeat_timeout`).
+    pub channel: Channel,
     pub lifecycle: Lifecycle,
     /// The configuration generation it was forked with (a reload starts a new one).
     pub generation: u64,
@@ -53,9 +54,6 @@ pub struct Worker {
     /// Since when it has been ready with no job (`None`: booting or busy), for retiring
     /// workers grown under load (`workers.idle_timeout`).
     pub idle_since: Option<Instant>,
-    /// When its last frame arrived (a heartbeat at least every second), for the liveness
-    /// check (`workers.heartbeat_timeout`).
-    pub last_heard: Instant,
     pub rss_bytes: u64,
     pub pools: Value,
     /// Recycle after this many jobs: `max_jobs` plus its own random share of
@@ -92,14 +90,11 @@ impl Worker {
             Ok(ForkResult::Parent { child }) => {
                 sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
                 drop(worker_end);
-                master_end.set_nonblocking(true)?;
                 Ok(Worker {
                     slot,
                     number,
                     pid: child,
-                    channel: master_end,
-                    frames: FrameBuffer::default(),
-                    output: Vec::new(),
+                    channel: Channel::new(master_end)?,
                     lifecycle: Lifecycle::Booting,
                     generation,
                     forked: Instant::now(),
@@ -110,7 +105,6 @@ impl Worker {
                     claims: Vec::new(),
                     ever_claimed: false,
                     idle_since: None,
-                    last_heard: Instant::now(),
                     rss_bytes: 0,
                     pools: Value::Null,
                     recycle_after,
@@ -125,58 +119,21 @@ impl Worker {
 
     /// Queues a frame and writes what the channel takes now.
     pub fn send(&mut self, message: &ToWorker) {
-        self.output.extend_from_slice(&ipc::encode(message));
-        let _ = self.flush();
+        self.channel.send(message);
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        while !self.output.is_empty() {
-            match self.channel.write(&self.output) {
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.channel.flush()
     }
 
     pub fn wants_write(&self) -> bool {
-        !self.output.is_empty()
+        self.channel.wants_write()
     }
 
-    /// Reads what the channel has and returns the whole frames. EOF or a broken frame end
-    /// the list; the worker's exit is then seen through SIGCHLD. `scratch` is the master's
-    /// one read buffer, lent to each read.
+    /// The whole frames it sent since the last read (see [`Channel::read_frames`]).
     pub fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromWorker> {
-        loop {
-            match self.channel.read(scratch) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.last_heard = Instant::now();
-                    self.frames.extend(&scratch[..n]);
-                    // A short read emptied the channel: no second read just to hear EAGAIN.
-                    if n < scratch.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        let mut frames = Vec::new();
-        while let Some(frame) = self.frames.next_frame::<FromWorker>() {
-            match frame {
-                Ok(frame) => frames.push(frame),
-                Err(e) => {
-                    log::error!("worker {} sent a broken frame: {e}", self.slot);
-                    break;
-                }
-            }
-        }
-        frames
+        let who = format!("worker {}", self.slot);
+        self.channel.read_frames(scratch, &who)
     }
 
     /// Ready (its `Ready` frame arrived): from now on it takes jobs.
