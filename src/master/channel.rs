@@ -9,7 +9,40 @@ use std::time::Instant;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::{fork, getpid, ForkResult, Pid};
+
 use crate::ipc::{self, FrameBuffer};
+
+/// Forks a child that runs `child_main(its end of a new socketpair, the master's pid)` and
+/// never returns; the master gets the child's pid and its end of the channel. Every signal
+/// is blocked across the fork: the master's handlers write to the master's self-pipe and
+/// must not run in the child before its reset replaces them. The one place the master forks.
+pub fn fork_child(child_main: impl FnOnce(UnixStream, Pid) -> i32) -> io::Result<(Pid, Channel)> {
+    let (master_end, child_end) = UnixStream::pair()?;
+    let master = getpid();
+    let mut previous = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    )?;
+    // SAFETY: the master has one thread, so no lock is held by another thread at the fork;
+    // the child goes straight into its main, which never returns.
+    let forked = unsafe { fork() };
+    match forked {
+        Ok(ForkResult::Child) => std::process::exit(child_main(child_end, master)),
+        Ok(ForkResult::Parent { child }) => {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+            drop(child_end);
+            Ok((child, Channel::new(master_end)?))
+        }
+        Err(e) => {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
+            Err(e.into())
+        }
+    }
+}
 
 pub struct Channel {
     pub stream: UnixStream,

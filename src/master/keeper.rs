@@ -6,14 +6,13 @@
 //! the process; what its frames mean is the durable room's.
 
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::unistd::{fork, getpid, ForkResult, Pid};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
-use super::channel::Channel;
+use super::channel::{fork_child, Channel};
 use super::{earliest_after, KeeperMain};
 use crate::ipc::{FromKeeper, ToKeeper};
 
@@ -168,33 +167,12 @@ impl KeeperProcess {
     }
 }
 
-/// Forks the keeper with every signal blocked across the fork, as a worker is forked.
+/// Forks the keeper, as a worker is forked.
 fn spawn(main: &KeeperMain) -> io::Result<KeeperProcess> {
-    let (master_end, keeper_end) = UnixStream::pair()?;
-    let master = getpid();
-    let mut previous = SigSet::empty();
-    sigprocmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut previous),
-    )?;
-    // SAFETY: the master has one thread, so no lock is held by another thread at the fork;
-    // the child goes straight into the keeper's main, which never returns.
-    let forked = unsafe { fork() };
-    match forked {
-        Ok(ForkResult::Child) => std::process::exit(main(keeper_end, master)),
-        Ok(ForkResult::Parent { child }) => {
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
-            drop(keeper_end);
-            Ok(KeeperProcess {
-                pid: child,
-                channel: Channel::new(master_end)?,
-                told_to_stop: None,
-            })
-        }
-        Err(e) => {
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
-            Err(e.into())
-        }
-    }
+    let (pid, channel) = fork_child(|channel, master| main(channel, master))?;
+    Ok(KeeperProcess {
+        pid,
+        channel,
+        told_to_stop: None,
+    })
 }

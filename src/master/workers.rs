@@ -2,16 +2,14 @@
 //! lifecycle, what it runs, forking it) and the [`WorkerTable`] of slots that holds them.
 
 use std::io;
-use std::os::unix::net::UnixStream;
 use std::time::{Instant, SystemTime};
 
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::unistd::{fork, getpid, ForkResult, Pid};
+use nix::unistd::Pid;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::channel::Channel;
+use super::channel::{fork_child, Channel};
 use super::WorkerMain;
 use crate::config::WorkersConfig;
 use crate::ipc::{FromWorker, ToWorker};
@@ -62,9 +60,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Forks a worker for `slot`. Every signal is blocked across the fork: the master's
-    /// handlers write to the master's self-pipe, and must not run in the child before its
-    /// reset replaces them.
+    /// Forks a worker for `slot` (see [`fork_child`]).
     pub fn spawn(
         slot: usize,
         number: u64,
@@ -72,49 +68,27 @@ impl Worker {
         recycle_after: Option<u64>,
         worker_main: &WorkerMain,
     ) -> io::Result<Worker> {
-        let (master_end, worker_end) = UnixStream::pair()?;
-        let master = getpid();
-        let mut previous = SigSet::empty();
-        sigprocmask(
-            SigmaskHow::SIG_SETMASK,
-            Some(&SigSet::all()),
-            Some(&mut previous),
-        )?;
-        // SAFETY: the master has one thread, so no lock is held by another thread at the fork;
-        // the child goes straight into the worker's main, which never returns.
-        let forked = unsafe { fork() };
-        match forked {
-            Ok(ForkResult::Child) => {
-                std::process::exit(worker_main(worker_end, master, slot, number))
-            }
-            Ok(ForkResult::Parent { child }) => {
-                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
-                drop(worker_end);
-                Ok(Worker {
-                    slot,
-                    number,
-                    pid: child,
-                    channel: Channel::new(master_end)?,
-                    lifecycle: Lifecycle::Booting,
-                    generation,
-                    forked: Instant::now(),
-                    forked_at: SystemTime::now(),
-                    ready: false,
-                    jobs_done: 0,
-                    running: Vec::new(),
-                    claims: Vec::new(),
-                    ever_claimed: false,
-                    idle_since: None,
-                    rss_bytes: 0,
-                    pools: Value::Null,
-                    recycle_after,
-                })
-            }
-            Err(e) => {
-                sigprocmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
-                Err(e.into())
-            }
-        }
+        let (pid, channel) =
+            fork_child(|channel, master| worker_main(channel, master, slot, number))?;
+        Ok(Worker {
+            slot,
+            number,
+            pid,
+            channel,
+            lifecycle: Lifecycle::Booting,
+            generation,
+            forked: Instant::now(),
+            forked_at: SystemTime::now(),
+            ready: false,
+            jobs_done: 0,
+            running: Vec::new(),
+            claims: Vec::new(),
+            ever_claimed: false,
+            idle_since: None,
+            rss_bytes: 0,
+            pools: Value::Null,
+            recycle_after,
+        })
     }
 
     /// Queues a frame and writes what the channel takes now.
