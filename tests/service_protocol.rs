@@ -421,3 +421,72 @@ fn status_counts_the_jobs_run_and_their_rate() {
     );
     assert_eq!(status["queue"]["limit"], 10000);
 }
+
+/// Reads answer lines until the service closes the connection (with a deadline).
+fn answers_until_closed(stream: std::os::unix::net::UnixStream) -> Vec<Value> {
+    use std::io::BufRead;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    std::io::BufReader::new(stream)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(&line.expect("an answer line before the deadline")).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_that_half_closes_gets_every_answer_then_the_connection_closes() {
+    use std::io::Write;
+    let service = shared_service();
+    let mut stream = std::os::unix::net::UnixStream::connect(&service.socket).unwrap();
+    // Two requests, then a third without its newline, then end of file on our side.
+    stream
+        .write_all(
+            b"{\"id\":1,\"op\":\"run\",\"job\":\"sleep\",\"args\":{\"seconds\":0.2}}\n\
+              {\"id\":2,\"op\":\"run\",\"job\":\"add\",\"args\":{\"a\":1,\"b\":2}}\n\
+              {\"id\":3,\"op\":\"ping\"}",
+        )
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let answers = answers_until_closed(stream);
+    let ids: BTreeSet<i64> = answers.iter().map(|a| a["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 3]), "{answers:?}");
+    assert!(answers.iter().all(|a| a["ok"] == true), "{answers:?}");
+
+    // An unfinished last line that is not JSON is answered, not dropped.
+    let mut stream = std::os::unix::net::UnixStream::connect(&service.socket).unwrap();
+    stream.write_all(b"{\"id\":4,\"op\":").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let answers = answers_until_closed(stream);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(error_kind(&answers[0]), "bad_request");
+}
+
+#[test]
+fn socat_piping_a_request_prints_its_answer() {
+    let service = shared_service();
+    let mut child = std::process::Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", service.socket.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("socat is installed (.ci/run installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"id\":1,\"op\":\"run\",\"job\":\"add\",\"args\":{\"a\":1,\"b\":2}}\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "socat printed {:?}: {e}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    assert_eq!(answer["result"]["rows"][0]["sum"], 3, "{answer}");
+}

@@ -19,8 +19,11 @@ pub struct Input {
     pub lines: Vec<Vec<u8>>,
     /// A line is longer than the limit: answer `too_large` and close.
     pub too_large: bool,
-    /// The client closed its side (or the socket failed).
+    /// The socket failed: the client is gone.
     pub closed: bool,
+    /// The client closed its sending side (end of file). It may still read: it is owed an
+    /// answer to every request it sent (socat, `nc -N` and `shutdown(SHUT_WR)` do this).
+    pub half_closed: bool,
 }
 
 pub struct Client {
@@ -31,6 +34,9 @@ pub struct Client {
     /// Close once the pending answers are written (after `too_large`, `forbidden` or
     /// `too_many_clients`).
     pub close_after_flush: bool,
+    /// It closed its sending side: nothing more is read; it is closed once every answer it
+    /// is owed is written.
+    pub read_closed: bool,
     /// Who connected, for log lines; `None` if the kernel would not say.
     pub peer: Option<Peer>,
     /// The last byte received or answer queued: idleness counts from whichever came last,
@@ -49,6 +55,7 @@ impl Client {
             output: Vec::new(),
             written: 0,
             close_after_flush: false,
+            read_closed: false,
             peer,
             last_activity: Instant::now(),
         }
@@ -58,14 +65,21 @@ impl Client {
     /// `scratch` is the master's one read buffer, lent to each read.
     pub fn read_lines(&mut self, max_line: usize, scratch: &mut [u8]) -> Input {
         let mut input = Input::default();
-        if self.close_after_flush {
+        if self.close_after_flush || self.read_closed {
             return input;
         }
         let mut budget = READ_BUDGET;
         while budget > 0 {
             match self.stream.read(scratch) {
                 Ok(0) => {
-                    input.closed = true;
+                    // A last request without its newline is still a request: it runs if
+                    // it is complete JSON, and is answered `bad_request` otherwise.
+                    let last = std::mem::take(&mut self.partial);
+                    if !last.iter().all(u8::is_ascii_whitespace) {
+                        input.lines.push(last);
+                    }
+                    input.half_closed = true;
+                    self.read_closed = true;
                     break;
                 }
                 Ok(n) => {
@@ -142,6 +156,12 @@ impl Client {
     /// Done: nothing left to write and asked to close.
     pub fn finished(&self) -> bool {
         self.close_after_flush && !self.wants_write()
+    }
+
+    /// Whether the loop should wait for it to become readable: not once it closed its side
+    /// (a socket at end of file is always readable, and would spin the loop).
+    pub fn wants_read(&self) -> bool {
+        !self.read_closed
     }
 
     /// When this client counts as idle for `timeout`, unless it sends something first; `None`

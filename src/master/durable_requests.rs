@@ -51,6 +51,12 @@ pub struct DurableRequests {
 }
 
 impl DurableRequests {
+    /// Whether `client` is owed an answer to a durable request.
+    pub fn awaits(&self, client: ClientId) -> bool {
+        self.pending.values().any(|p| p.client == client)
+            || self.parked.iter().any(|p| p.client == client)
+    }
+
     /// When the earliest `result` wait ends.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.parked.iter().map(|p| p.until).min()

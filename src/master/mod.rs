@@ -248,9 +248,15 @@ impl Master {
             sources.push(Source::Listener);
         }
         for (id, client) in self.clients.iter() {
-            let mut flags = PollFlags::POLLIN;
+            let mut flags = PollFlags::empty();
+            if client.wants_read() {
+                flags |= PollFlags::POLLIN;
+            }
             if client.wants_write() {
                 flags |= PollFlags::POLLOUT;
+            }
+            if flags.is_empty() {
+                continue;
             }
             fds.push(PollFd::new(client.stream.as_fd(), flags));
             sources.push(Source::Client(id));

@@ -106,6 +106,21 @@ impl Master {
         }
         if input.closed || client.finished() {
             self.clients.remove(id);
+            return;
+        }
+        if input.half_closed {
+            self.close_if_answered(id);
+        }
+    }
+
+    /// Closes a client that closed its sending side once it is owed nothing: every answer
+    /// written, no job or durable request of its own in flight.
+    pub(super) fn close_if_answered(&mut self, id: ClientId) {
+        let owed = self.jobs.awaiting_clients().contains(&id) || self.durable_requests.awaits(id);
+        if let Some(client) = self.clients.get_mut(id) {
+            if client.read_closed && !client.wants_write() && !owed {
+                self.clients.remove(id);
+            }
         }
     }
 
@@ -115,7 +130,9 @@ impl Master {
         };
         if client.flush().is_err() || client.finished() {
             self.clients.remove(id);
+            return;
         }
+        self.close_if_answered(id);
     }
 
     pub(super) fn answer(&mut self, client: ClientId, line: &[u8]) {
@@ -123,6 +140,10 @@ impl Master {
             c.send(line);
             if c.finished() {
                 self.clients.remove(client);
+                return;
+            }
+            if c.read_closed {
+                self.close_if_answered(client);
             }
         }
     }
