@@ -3,13 +3,13 @@
 //! Exit codes: 0 success; 1 the job or request failed (the answer says why); 2 bad usage or
 //! configuration; 3 the service could not be reached.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::client;
 use crate::exit::{EXIT_FAILED, EXIT_OK};
+use crate::logging::{self, LogOptions};
 use crate::service::Service;
 use crate::startup::{self, Loaded};
 
@@ -31,6 +31,8 @@ enum Command {
         /// The configuration file [default: $FORKPOOL_CONFIG, else config/forkpool.toml].
         #[arg(long)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogOptions,
     },
     /// Run one job and print the answer as JSON.
     Submit {
@@ -171,9 +173,13 @@ pub fn main() -> i32 {
 /// ```
 pub fn main_with(service: Service) -> i32 {
     let cli = Cli::parse();
-    init_logging();
+    let other_commands_log = LogOptions::default();
+    logging::init(match &cli.command {
+        Command::Run { log, .. } => log,
+        _ => &other_commands_log,
+    });
     match cli.command {
-        Command::Run { config } => startup::run(config.as_deref(), service.handlers()),
+        Command::Run { config, .. } => startup::run(config.as_deref(), service.handlers()),
         Command::Submit {
             target,
             timeout_ms,
@@ -228,48 +234,6 @@ pub fn main_with(service: Service) -> i32 {
             Ok(socket) => client::bench::run(&socket, &options),
             Err(code) => code,
         },
-    }
-}
-
-/// Logs go to stderr, one line per event. Under journald (`JOURNAL_STREAM` set, as systemd
-/// does for a service whose stderr is the journal) each line starts with its syslog priority
-/// `<N>` and carries no timestamp: journald parses the one and adds the other. Colour only
-/// when stderr is a terminal, so files and pipes get plain text.
-fn init_logging() {
-    use std::io::IsTerminal;
-    // tokio-postgres logs every server notice at info (a reset's "there is no transaction in
-    // progress" among them); the pool reports what matters under `forkpool::pool`.
-    let mut builder = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,tokio_postgres=warn"),
-    );
-    // tokio_postgres logs every query's bind parameters (job arguments) at debug: unless
-    // RUST_LOG names it, it stays at warn whatever the level, so `RUST_LOG=debug` does not
-    // put arguments in the journal.
-    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("tokio_postgres")) {
-        builder.filter_module("tokio_postgres", log::LevelFilter::Warn);
-    }
-    builder.format_target(false);
-    builder.write_style(if std::io::stderr().is_terminal() {
-        env_logger::WriteStyle::Auto
-    } else {
-        env_logger::WriteStyle::Never
-    });
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.format(|out, record| {
-            let message = record.args().to_string().replace('\n', " ");
-            writeln!(out, "<{}>{message}", syslog_priority(record.level()))
-        });
-    }
-    builder.init();
-}
-
-/// The syslog priority journald reads from a `<N>` line prefix (sd-daemon(3)).
-fn syslog_priority(level: log::Level) -> u8 {
-    match level {
-        log::Level::Error => 3,
-        log::Level::Warn => 4,
-        log::Level::Info => 6,
-        log::Level::Debug | log::Level::Trace => 7,
     }
 }
 

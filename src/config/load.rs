@@ -35,6 +35,7 @@ const SERVICE_KEYS: &[&str] = &[
     "max_request_bytes",
     "shutdown_timeout",
     "catalog",
+    "metrics_listen",
 ];
 
 const WORKERS_KEYS: &[&str] = &[
@@ -51,6 +52,8 @@ const WORKERS_KEYS: &[&str] = &[
     "boot_timeout",
     "restart_backoff_max",
     "give_up_after",
+    "log_jobs",
+    "slow_job",
 ];
 
 /// Smallest `max_request_bytes` that still fits an ordinary request with its arguments.
@@ -420,6 +423,7 @@ fn set_service(s: &mut ServiceConfig, key: &str, v: &Value) -> Result<(), Fault>
         "max_request_bytes" => s.max_request_bytes = values::whole_number(v)?,
         "shutdown_timeout" => s.shutdown_timeout = values::duration(v)?,
         "catalog" => s.catalog = values::path(v)?,
+        "metrics_listen" => s.metrics_listen = values::optional_socket_address(v)?,
         _ => return Err(Fault::Unknown(closest(key, SERVICE_KEYS))),
     }
     Ok(())
@@ -440,6 +444,8 @@ fn set_workers(w: &mut WorkersConfig, key: &str, v: &Value) -> Result<(), Fault>
         "boot_timeout" => w.boot_timeout = values::duration(v)?,
         "restart_backoff_max" => w.restart_backoff_max = values::duration(v)?,
         "give_up_after" => w.give_up_after = values::whole_number(v)?,
+        "log_jobs" => w.log_jobs = values::boolean(v)?,
+        "slow_job" => w.slow_job = values::optional_duration(v)?,
         _ => return Err(Fault::Unknown(closest(key, WORKERS_KEYS))),
     }
     Ok(())

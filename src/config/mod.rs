@@ -14,6 +14,7 @@ mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,6 +70,9 @@ pub struct ServiceConfig {
     pub shutdown_timeout: Duration,
     /// The directory of job files; absolute after loading.
     pub catalog: PathBuf,
+    /// Where the master answers `GET /metrics` and `GET /healthz` over HTTP (`None`: no
+    /// listener). A TCP listening socket only: the master still opens no connection.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServiceConfig {
@@ -96,6 +100,9 @@ impl Default for ServiceConfig {
             shutdown_timeout: Duration::from_secs(30),
             // `config/../workers`: the repository layout puts job files beside `config/`.
             catalog: PathBuf::from("../workers"),
+            // Off: a TCP port is the operator's choice (and firewall's), the socket's
+            // `status --prometheus` works without one.
+            metrics_listen: None,
         }
     }
 }
@@ -131,6 +138,12 @@ pub struct WorkersConfig {
     pub restart_backoff_max: Duration,
     /// Consecutive crashes before the master exits non-zero (systemd restarts it).
     pub give_up_after: u32,
+    /// One `forkpool::access` line at info per answered job (job, outcome, times, worker,
+    /// client uid; never its arguments).
+    pub log_jobs: bool,
+    /// Warn once about a job still running after this long, naming job and worker (`None`:
+    /// never), like PHP-FPM's `request_slowlog_timeout`.
+    pub slow_job: Option<Duration>,
 }
 
 impl Default for WorkersConfig {
@@ -162,6 +175,10 @@ impl Default for WorkersConfig {
             restart_backoff_max: Duration::from_secs(30),
             // Ten crashes in a row is not transient: let systemd see the failure.
             give_up_after: 10,
+            // A line per job is a lot of journal for a busy service: on when wanted.
+            log_jobs: false,
+            // What is slow depends on the jobs; job_timeout already bounds them.
+            slow_job: None,
         }
     }
 }

@@ -148,6 +148,9 @@ impl Master {
                 if config.service.socket != self.config.service.socket {
                     warn!("service.socket changed: a restart is needed to move the socket");
                 }
+                if config.service.metrics_listen != self.config.service.metrics_listen {
+                    warn!("service.metrics_listen changed: a restart is needed to move it");
+                }
                 self.size = super::scaling::Size::new(config.workers.count);
                 self.config = config;
                 self.catalog = catalog;

@@ -36,6 +36,26 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order: counters per kind index by position here.
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::BadRequest,
+        ErrorKind::TooLarge,
+        ErrorKind::UnknownOp,
+        ErrorKind::UnknownJob,
+        ErrorKind::InvalidArgs,
+        ErrorKind::QueueFull,
+        ErrorKind::Timeout,
+        ErrorKind::WorkerLost,
+        ErrorKind::DbError,
+        ErrorKind::DbUnavailable,
+        ErrorKind::JobFailed,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Forbidden,
+        ErrorKind::TooManyClients,
+        ErrorKind::NotFound,
+        ErrorKind::Internal,
+    ];
+
     /// The kind's name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
