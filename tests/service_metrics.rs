@@ -53,12 +53,21 @@ struct Answer {
 /// Sends `request` on a fresh connection and reads the answer to the end (the endpoint
 /// closes every connection after its answer).
 fn exchange(address: SocketAddr, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(address).expect("connecting to the metrics endpoint");
-    stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
-    stream.write_all(request).unwrap();
+    try_exchange(address, request).expect("an answer from the metrics endpoint")
+}
+
+/// [`exchange`], or the error that cut it (a refused connection may be reset).
+fn try_exchange(address: SocketAddr, request: &[u8]) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(EVENT_TIMEOUT))?;
+    stream.write_all(request)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("reading the answer");
-    parse_answer(&raw)
+    stream.read_to_end(&mut raw)?;
+    if raw.is_empty() {
+        let closed = std::io::ErrorKind::UnexpectedEof;
+        return Err(std::io::Error::new(closed, "closed without an answer"));
+    }
+    Ok(parse_answer(&raw))
 }
 
 fn parse_answer(raw: &[u8]) -> Answer {
@@ -375,22 +384,14 @@ fn connections_past_the_cap_are_refused_and_many_scrapes_leave_nothing_open() {
         .collect();
     // Refused: a 503 written at once and the connection closed, which may reach us as a
     // reset before the 503 does (the master drops the request unread). Never served.
-    let mut refused = TcpStream::connect(address).unwrap();
-    refused.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
-    let _ = refused.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
-    let mut raw = Vec::new();
-    if refused.read_to_end(&mut raw).is_ok() {
-        assert_eq!(
-            parse_answer(&raw).status,
-            503,
-            "{}",
-            String::from_utf8_lossy(&raw)
-        );
+    let healthz = b"GET /healthz HTTP/1.1\r\n\r\n";
+    if let Ok(refused) = try_exchange(address, healthz) {
+        assert_eq!(refused.status, 503, "{}", refused.body);
     }
     drop(held);
     // Once the master has seen the sixteen close, scrapes are served again.
     let deadline = Instant::now() + EVENT_TIMEOUT;
-    while get(address, "/healthz").status != 200 {
+    while !try_exchange(address, healthz).is_ok_and(|answer| answer.status == 200) {
         assert!(
             Instant::now() < deadline,
             "still refused after the sixteen closed"
