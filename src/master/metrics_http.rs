@@ -33,6 +33,9 @@ pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
 /// another; more is a peer that does not close its connections.
 pub const MAX_SCRAPERS: usize = 16;
 
+/// How much one wake-up reads from one scrape connection: a few heads' worth.
+const READ_BUDGET: usize = 4 * MAX_HEAD;
+
 pub type ScraperId = u64;
 
 /// Where a connection is in its one exchange.
@@ -141,10 +144,16 @@ impl Master {
         let Some(scraper) = self.metrics_http.scrapers.get_mut(&id) else {
             return;
         };
+        // A peer that keeps sending is read a little per wake-up, so it cannot hold the loop.
+        let mut budget = READ_BUDGET;
         let closed = loop {
+            if budget == 0 {
+                break false;
+            }
             match scraper.stream.read(&mut self.scratch) {
                 Ok(0) => break true,
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     // Past the limit a head is refused as a whole: what follows is read
                     // (so closing sends no reset) but not kept.
                     if let Phase::Reading(head) = &mut scraper.phase {
@@ -172,13 +181,11 @@ impl Master {
             }
             return;
         };
-        {
-            let answer = self.scrape_answer(route);
-            if let Some(scraper) = self.metrics_http.scrapers.get_mut(&id) {
-                scraper.phase = Phase::Answering { answer, written: 0 };
-            }
-            self.flush_scrape(id);
+        let answer = self.scrape_answer(route);
+        if let Some(scraper) = self.metrics_http.scrapers.get_mut(&id) {
+            scraper.phase = Phase::Answering { answer, written: 0 };
         }
+        self.flush_scrape(id);
     }
 
     /// Writes what the socket takes of a scraper's answer; once all is written, shuts our
