@@ -19,7 +19,7 @@
 //! |                          | boot past boot_timeout, idle worker without beats   |            |
 //! | timer                    | `close_idle_clients`                                | requests   |
 //! | timer                    | `warn_slow_jobs`: once per job past slow_job        | job_log    |
-//! | metrics listener readable| `accept_scrapers`: up to MAX_SCRAPERS, else 503     | metrics_http |
+//! | scrape listener readable | `accept_scrapers`: up to MAX_SCRAPERS, else 503     | metrics_http |
 //! | scraper readable         | `read_scrape`: answer /metrics, /healthz, errors    | metrics_http |
 //! | scraper writable         | `flush_scrape`, then linger until it closes         | metrics_http |
 //! | timer                    | `close_stale_scrapers`: past CONNECTION_DEADLINE    | metrics_http |
