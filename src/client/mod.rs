@@ -1,8 +1,9 @@
 //! The client-side commands: `submit`, `status` (as a table, JSON or Prometheus text),
-//! `enqueue`, `result`, `cancel`, `queue` and `bench` talk to a running service over its socket like
-//! any client; `migrate` connects to the queue's database itself. The master imports nothing
-//! from here.
+//! `enqueue`, `result`, `cancel`, `queue`, `bench` and the operator's `ping`, `jobs`,
+//! `reload`, `stop` and `scale` talk to a running service over its socket like any client;
+//! `migrate` connects to the queue's database itself. The master imports nothing from here.
 
+pub(crate) mod admin;
 pub(crate) mod bench;
 mod bench_durable;
 pub(crate) mod durable;

@@ -9,9 +9,10 @@ use figment::{Profile, Provider};
 pub const ENV_PREFIX: &str = "FORKPOOL_";
 
 /// Variables that share the prefix but are not configuration keys (see DESIGN §4).
-const NOT_CONFIG_KEYS: [&str; 4] = [
+const NOT_CONFIG_KEYS: [&str; 5] = [
     "FORKPOOL_CONFIG",
     "FORKPOOL_SOCKET",
+    "FORKPOOL_SYSTEM_CONFIG_DIR",
     "FORKPOOL_LOG_FORMAT",
     "FORKPOOL_LOG_LEVEL",
 ];

@@ -11,6 +11,7 @@
 //! | SIGINT, SIGQUIT          | `handle_int`: fast stop                             | control    |
 //! | SIGHUP                   | `handle_hup`: reload, replace workers one by one    | control    |
 //! | SIGTTIN / SIGTTOU        | `handle_ttin` / `handle_ttou`: one worker more/less | scaling    |
+//! | `reload`/`stop`/`scale`  | `accept_admin`: the same actions, uid checked       | admin_requests |
 //! | SIGCHLD                  | (every turn) `reap_workers`                         | supervisor |
 //! | listener readable        | `accept_clients`: admitted, or refused and closed   | requests   |
 //! | client readable          | `read_requests`                                     | requests   |
@@ -27,8 +28,10 @@
 //! | (every turn)             | `manage_workers`: spawn, replace stale, retire      | supervisor |
 //! | (every turn)             | `dispatch_jobs`                                     | dispatch   |
 //! | (every turn)             | `progress_stop`: the stop's next step when due      | control    |
+//! | (every turn)             | `answer_reloads`: once the new generation serves    | control    |
 //! | (every turn)             | `notify_systemd`: READY, STATUS, WATCHDOG when due  | status     |
 
+mod admin_requests;
 mod admission;
 mod channel;
 mod clients;
@@ -227,6 +230,7 @@ impl Master {
             self.dispatch_claims();
             self.end_due_result_waits();
             self.progress_stop();
+            self.answer_reloads();
             self.notify_systemd();
             if let Some(code) = self.finished() {
                 return code;

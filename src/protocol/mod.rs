@@ -4,7 +4,10 @@
 //! as raw JSON text and a worker's result is spliced into the answer as it came, so no result
 //! is decoded and re-encoded on its way through the master.
 
+mod admin_ops;
 mod durable_ops;
+
+pub use admin_ops::Scale;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -32,6 +35,8 @@ pub enum ErrorKind {
     TooManyClients,
     /// No durable job has the id a `result` or `cancel` named.
     NotFound,
+    /// A `reload` found the configuration or the catalog wrong; the running one is kept.
+    InvalidConfig,
     Internal,
 }
 
@@ -74,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::TooManyClients => "too_many_clients",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidConfig => "invalid_config",
             ErrorKind::Internal => "internal",
         }
     }
@@ -147,6 +153,14 @@ pub enum Op {
         queue: String,
         paused: bool,
     },
+    /// Reload the configuration and the catalog, as SIGHUP does.
+    Reload,
+    /// Stop the service: gracefully as SIGTERM does, or fast as SIGINT.
+    Stop {
+        fast: bool,
+    },
+    /// Move the operator's worker count, as SIGTTIN/SIGTTOU do one at a time.
+    Scale(Scale),
 }
 
 /// A parsed request line.
@@ -181,6 +195,9 @@ const REQUEST_FIELDS: &[&str] = &[
     "unique_key",
     "job_id",
     "wait_ms",
+    "fast",
+    "workers",
+    "by",
 ];
 
 /// `"id": null`, for answers to a line whose id is unknown (unparsable, refused at connect).
@@ -267,6 +284,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 Err(message) => return Err(bad(id, message)),
             }
         }
+        "reload" | "stop" | "scale" => match admin_ops::parse(&op, &fields) {
+            Ok(op) => op,
+            Err(message) => return Err(bad(id, message)),
+        },
         "status" => Op::Status,
         "ping" => Op::Ping,
         "jobs" => Op::Jobs,
@@ -276,7 +297,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 body: ErrorBody::new(
                     ErrorKind::UnknownOp,
                     format!(
-                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel, queues, pause, resume)"
+                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel, queues, pause, resume, reload, stop, scale)"
                 ),
                 ),
             })
@@ -318,6 +339,9 @@ fn op_fields(op: &Op) -> &'static [&'static str] {
         Op::Cancel { .. } => &["id", "op", "job_id"],
         Op::Queues => &["id", "op"],
         Op::Pause { .. } => &["id", "op", "queue"],
+        Op::Reload => &["id", "op"],
+        Op::Stop { .. } => &["id", "op", "fast"],
+        Op::Scale(_) => &["id", "op", "workers", "by"],
     }
 }
 
