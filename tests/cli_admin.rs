@@ -245,11 +245,18 @@ fn reload_of_a_broken_config_answers_its_problems_and_the_old_generation_keeps_s
 fn stop_is_a_graceful_stop_that_lets_a_running_job_finish_and_wait_sees_the_exit() {
     let mut service = Service::start(ServiceOptions::on(Cluster::shared()));
     let mut running = service.client();
+    let sent = std::time::Instant::now();
     running.send(json!({"id": "slow", "op": "run", "job": "sleep", "args": {"seconds": 1.5}}));
     service.wait_for_status("the sleep to run", |s| s["running"] == 1);
 
     let (code, stdout, out) = outcome(&on(&service, "stop", &["--wait", "--timeout", "30"]));
     assert_eq!(code, Some(0), "{out}");
+    // --wait returned once the service exited, so after the job it let finish.
+    assert!(
+        sent.elapsed().as_secs_f64() >= 1.5,
+        "{:?}: {out}",
+        sent.elapsed()
+    );
     assert_eq!(
         stdout,
         format!(
@@ -431,11 +438,23 @@ fn the_config_is_searched_in_flag_variable_current_directory_then_system_directo
     // The system directory's file: the service's own configuration.
     let in_system = system.path().join("forkpool.toml");
     let config = std::fs::read_to_string(&service.config).unwrap();
-    let socket = format!("[service]\nsocket = \"{}\"\n", service.socket.display());
-    std::fs::write(&in_system, config.replacen("[service]\n", &socket, 1)).unwrap();
+    let paths = format!(
+        "[service]\nsocket = \"{}\"\ncatalog = \"{}\"\n",
+        service.socket.display(),
+        service.dir.path().join("workers").display()
+    );
+    std::fs::write(&in_system, config.replacen("[service]\n", &paths, 1)).unwrap();
     let (code, stdout, out) = outcome(&forkpool_in(cwd.path(), &[system_var], &["ping"]));
     assert_eq!(code, Some(0), "{out}");
     assert!(stdout.starts_with("pong"), "{out}");
+    // Commands that load the whole configuration search the same way.
+    let unset = [system_var, ("FORKPOOL_CONFIG", "")];
+    let (code, stdout, out) = outcome(&forkpool_in(cwd.path(), &unset, &["check"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        stdout.starts_with(&format!("config {}: ok", in_system.display())),
+        "{out}"
+    );
 
     // The current directory's config/forkpool.toml comes first: it names no service.
     std::fs::create_dir(cwd.path().join("config")).unwrap();
@@ -457,8 +476,7 @@ fn the_config_is_searched_in_flag_variable_current_directory_then_system_directo
         &["ping", "-c", "config/forkpool.toml"],
     ));
     assert_eq!(code, Some(3), "{out}");
-    let empty = [system_var, ("FORKPOOL_CONFIG", "")];
-    let (code, _, out) = outcome(&forkpool_in(cwd.path(), &empty, &["ping"]));
+    let (code, _, out) = outcome(&forkpool_in(cwd.path(), &unset, &["ping"]));
     assert_eq!(code, Some(3), "the current directory's file: {out}");
     std::fs::remove_file(&in_cwd).unwrap();
     let (code, _, out) = outcome(&forkpool_in(
