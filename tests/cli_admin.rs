@@ -76,6 +76,14 @@ fn serving(status: &Value) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// Which version of `version.toml` a worker ran.
+fn version(service: &Service) -> i64 {
+    let answer = service.submit("version", json!({}));
+    answer["result"]["rows"][0]["version"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{answer}"))
+}
+
 #[test]
 fn ping_answers_with_the_master_pid_and_an_absent_service_exits_3() {
     let service = shared();
@@ -169,10 +177,7 @@ fn jobs_prints_the_catalog_as_a_table_and_as_json() {
 fn reload_answers_once_the_new_generation_serves_with_the_changed_job_file() {
     let service = Service::start(ServiceOptions::on(Cluster::shared()).job("version", VERSION_1));
     let before = serving(&service.status());
-    assert_eq!(
-        service.submit("version", json!({}))["result"]["rows"],
-        json!([{"version": 1}])
-    );
+    assert_eq!(version(&service), 1);
     std::fs::write(service.dir.path().join("workers/version.toml"), VERSION_2).unwrap();
 
     let (code, stdout, out) = outcome(&on(&service, "reload", &["--timeout", "60"]));
@@ -192,12 +197,7 @@ fn reload_answers_once_the_new_generation_serves_with_the_changed_job_file() {
         );
     }
     for _ in 0..4 {
-        let answer = service.submit("version", json!({}));
-        assert_eq!(
-            answer["result"]["rows"],
-            json!([{"version": 2}]),
-            "{answer}"
-        );
+        assert_eq!(version(&service), 2);
     }
 }
 
@@ -233,12 +233,7 @@ fn reload_of_a_broken_config_answers_its_problems_and_the_old_generation_keeps_s
     let status = service.status();
     assert_eq!(status["generation"], 1, "{status}");
     assert_eq!(serving(&status), before);
-    let answer = service.submit("version", json!({}));
-    assert_eq!(
-        answer["result"]["rows"],
-        json!([{"version": 1}]),
-        "{answer}"
-    );
+    assert_eq!(version(&service), 1);
 }
 
 #[test]
@@ -315,27 +310,15 @@ fn scale_moves_the_worker_count_by_a_step_or_to_a_number_within_count_and_max() 
         });
     };
 
-    let (code, stdout, out) = outcome(&on(&service, "scale", &["+1"]));
-    assert_eq!(
-        (code, stdout.as_str()),
-        (Some(0), "2 workers (was 1)\n"),
-        "{out}"
-    );
-    workers_become(2);
-    let (code, stdout, out) = outcome(&on(&service, "scale", &["3"]));
-    assert_eq!(
-        (code, stdout.as_str()),
-        (Some(0), "3 workers (was 2)\n"),
-        "{out}"
-    );
-    workers_become(3);
-    let (code, stdout, out) = outcome(&on(&service, "scale", &["-1"]));
-    assert_eq!(
-        (code, stdout.as_str()),
-        (Some(0), "2 workers (was 3)\n"),
-        "{out}"
-    );
-    workers_become(2);
+    for (argument, printed, workers) in [
+        ("+1", "2 workers (was 1)\n", 2),
+        ("3", "3 workers (was 2)\n", 3),
+        ("-1", "2 workers (was 3)\n", 2),
+    ] {
+        let (code, stdout, out) = outcome(&on(&service, "scale", &[argument]));
+        assert_eq!((code, stdout.as_str()), (Some(0), printed), "{out}");
+        workers_become(workers);
+    }
 
     let (code, _, out) = outcome(&on(&service, "scale", &["+2"]));
     assert_eq!(code, Some(1), "{out}");

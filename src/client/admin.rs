@@ -21,12 +21,9 @@ const PROMPT_ANSWER: Duration = Duration::from_secs(30);
 /// `forkpool ping`: the round trip to the master. Exit 0 when it answered.
 pub(crate) fn ping(socket: &Path) -> i32 {
     let started = Instant::now();
-    let answer = match ask(socket, json!({"id": 1, "op": "ping"}), PROMPT_ANSWER) {
-        Ok(answer) => answer,
+    let result = match ask(socket, json!({"id": 1, "op": "ping"}), PROMPT_ANSWER) {
+        Ok(result) => result,
         Err(code) => return code,
-    };
-    let Some(result) = ok_result(&answer) else {
-        return EXIT_FAILED;
     };
     println!(
         "pong from forkpool pid {} at {} in {:.1} ms",
@@ -39,15 +36,12 @@ pub(crate) fn ping(socket: &Path) -> i32 {
 
 /// `forkpool jobs [--json]`: the catalog, one line per job (or the `jobs` result as JSON).
 pub(crate) fn jobs(socket: &Path, as_json: bool) -> i32 {
-    let answer = match ask(socket, json!({"id": 1, "op": "jobs"}), PROMPT_ANSWER) {
-        Ok(answer) => answer,
+    let result = match ask(socket, json!({"id": 1, "op": "jobs"}), PROMPT_ANSWER) {
+        Ok(result) => result,
         Err(code) => return code,
     };
-    let Some(result) = ok_result(&answer) else {
-        return EXIT_FAILED;
-    };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(result).expect("JSON"));
+        println!("{}", serde_json::to_string_pretty(&result).expect("JSON"));
     } else {
         let empty = Vec::new();
         print!(
@@ -135,12 +129,9 @@ fn text(value: &Value) -> String {
 /// `forkpool reload`: answered once the new generation's workers all serve (at most
 /// `within`), or with every problem of a configuration that was refused.
 pub(crate) fn reload(socket: &Path, within: Duration) -> i32 {
-    let answer = match ask(socket, json!({"id": 1, "op": "reload"}), within) {
-        Ok(answer) => answer,
+    let result = match ask(socket, json!({"id": 1, "op": "reload"}), within) {
+        Ok(result) => result,
         Err(code) => return code,
-    };
-    let Some(result) = ok_result(&answer) else {
-        return EXIT_FAILED;
     };
     println!(
         "reloaded: generation {} serving on {} workers",
@@ -157,12 +148,12 @@ pub(crate) fn stop(socket: &Path, fast: bool, wait: bool, within: Duration) -> i
         Err(code) => return code,
     };
     let request = json!({"id": 1, "op": "stop", "fast": fast});
-    let answer = match connection.ask(&request, Some(PROMPT_ANSWER)) {
-        Ok(answer) => answer,
+    let result = match connection
+        .ask(&request, Some(PROMPT_ANSWER))
+        .and_then(ok_result)
+    {
+        Ok(result) => result,
         Err(code) => return code,
-    };
-    let Some(result) = ok_result(&answer) else {
-        return EXIT_FAILED;
     };
     println!(
         "stopping ({}): forkpool pid {}",
@@ -195,12 +186,9 @@ pub(crate) fn scale(socket: &Path, scale: Scale) -> i32 {
         Scale::To(n) => json!({"id": 1, "op": "scale", "workers": n}),
         Scale::By(step) => json!({"id": 1, "op": "scale", "by": step}),
     };
-    let answer = match ask(socket, request, PROMPT_ANSWER) {
-        Ok(answer) => answer,
+    let result = match ask(socket, request, PROMPT_ANSWER) {
+        Ok(result) => result,
         Err(code) => return code,
-    };
-    let Some(result) = ok_result(&answer) else {
-        return EXIT_FAILED;
     };
     println!(
         "{} workers (was {})",
@@ -222,16 +210,19 @@ pub(crate) fn parse_scale(text: &str) -> Result<Scale, String> {
     }
 }
 
-/// One request on a connection of its own, its answer awaited at most `within`.
+/// One request on a connection of its own, its answer awaited at most `within`; the
+/// result of an ok answer, else the exit code (1: refused, 3: no answer).
 fn ask(socket: &Path, request: Value, within: Duration) -> Result<Value, i32> {
-    Connection::open(socket)?.ask(&request, Some(within))
+    Connection::open(socket)?
+        .ask(&request, Some(within))
+        .and_then(ok_result)
 }
 
 /// An ok answer's result; an error answer is printed on stderr (its kind and message, and
-/// each problem of a refused configuration on a line of its own) and gives `None`.
-fn ok_result(answer: &Value) -> Option<&Value> {
+/// each problem of a refused configuration on a line of its own) and gives exit code 1.
+fn ok_result(mut answer: Value) -> Result<Value, i32> {
     if answer["ok"] == json!(true) {
-        return Some(&answer["result"]);
+        return Ok(answer["result"].take());
     }
     let error = &answer["error"];
     match error["problems"].as_array() {
@@ -250,7 +241,7 @@ fn ok_result(answer: &Value) -> Option<&Value> {
             text(&error["message"])
         ),
     }
-    None
+    Err(EXIT_FAILED)
 }
 
 impl Connection {
