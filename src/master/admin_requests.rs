@@ -7,7 +7,7 @@
 //! the service's own uid and `service.admin_uids` are; the decision is [`may_administer`],
 //! a pure function.
 
-use log::warn;
+use log::{info, warn};
 use nix::unistd::geteuid;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -17,7 +17,7 @@ use super::clients::ClientId;
 use super::control::Reload;
 use super::Master;
 use crate::config::ServiceConfig;
-use crate::protocol::{self, ErrorBody, ErrorKind, Op, Scale};
+use crate::protocol::{self, Admin, ErrorBody, ErrorKind, Scale};
 
 /// `Ok` when `peer` may reload, stop or scale the service run by `own_uid`; else the
 /// `forbidden` answer naming the uid and the key that would allow it.
@@ -47,12 +47,8 @@ pub fn may_administer(
 impl Master {
     /// `reload`, `stop` or `scale` from `client`: refused `forbidden` unless its uid may
     /// administer the service, `shutting_down` (but `stop`) once the service is stopping.
-    pub(super) fn accept_admin(&mut self, client: ClientId, id: Box<RawValue>, op: Op) {
-        let name = match op {
-            Op::Reload => "reload",
-            Op::Stop { .. } => "stop",
-            _ => "scale",
-        };
+    pub(super) fn accept_admin(&mut self, client: ClientId, id: Box<RawValue>, op: Admin) {
+        let name = op.name();
         let Some(peer) = self.clients.get_mut(client).map(|c| c.peer) else {
             return;
         };
@@ -64,12 +60,12 @@ impl Master {
             warn!("refused: {}", body.message);
             return self.answer_error(client, &id, &body);
         }
-        if self.control.stopping() && !matches!(op, Op::Stop { .. }) {
+        if self.control.stopping() && !matches!(op, Admin::Stop { .. }) {
             let body = ErrorBody::new(ErrorKind::ShuttingDown, "the service is stopping");
             return self.answer_error(client, &id, &body);
         }
         match op {
-            Op::Reload => match self.reload(&asked_by) {
+            Admin::Reload => match self.reload(&asked_by) {
                 Reload::Accepted => self.await_reload(client, id),
                 Reload::Refused(problems) => {
                     let body = ErrorBody::new(
@@ -87,7 +83,7 @@ impl Master {
                     self.answer_error(client, &id, &body);
                 }
             },
-            Op::Stop { fast } => {
+            Admin::Stop { fast } => {
                 if fast {
                     self.fast_stop_asked(&asked_by);
                 } else {
@@ -97,7 +93,7 @@ impl Master {
                 let result = json!({"stopping": mode, "pid": std::process::id()});
                 self.answer(client, &protocol::ok_line(&id, &result.to_string()));
             }
-            Op::Scale(scale) => {
+            Admin::Scale(scale) => {
                 let was = self.size.target();
                 let wanted = match scale {
                     Scale::To(n) => n as i64,
@@ -105,7 +101,7 @@ impl Master {
                 };
                 match self.scale_to(wanted) {
                     Ok(target) => {
-                        log::info!("{asked_by}: {target} workers (was {was})");
+                        info!("{asked_by}: {target} workers (was {was})");
                         let result = json!({"target_workers": target, "was": was});
                         self.answer(client, &protocol::ok_line(&id, &result.to_string()));
                     }
@@ -115,7 +111,6 @@ impl Master {
                     }
                 }
             }
-            _ => {}
         }
     }
 }

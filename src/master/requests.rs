@@ -188,7 +188,7 @@ impl Master {
             Op::Pause { queue, paused } => {
                 self.accept_queue_control(client, id, Some((queue, paused)))
             }
-            Op::Reload | Op::Stop { .. } | Op::Scale(_) => self.accept_admin(client, id, op),
+            Op::Admin(admin) => self.accept_admin(client, id, admin),
         }
     }
 }

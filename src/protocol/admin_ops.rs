@@ -1,7 +1,38 @@
 //! The operator's ops (DESIGN §5 "Administration"): `reload`, `stop` and `scale`, the
 //! socket's versions of SIGHUP, SIGTERM/SIGINT and SIGTTIN/SIGTTOU.
 
-use super::{Fields, Op};
+use super::Fields;
+
+/// An operator's op; the master answers each only to the uids allowed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// Reload the configuration and the catalog, as SIGHUP does.
+    Reload,
+    /// Stop the service: gracefully as SIGTERM does, or fast as SIGINT.
+    Stop { fast: bool },
+    /// Move the operator's worker count, as SIGTTIN/SIGTTOU do one at a time.
+    Scale(Scale),
+}
+
+impl Admin {
+    /// The op's name on the wire, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Admin::Reload => "reload",
+            Admin::Stop { .. } => "stop",
+            Admin::Scale(_) => "scale",
+        }
+    }
+
+    /// The fields it takes, `id` and `op` included.
+    pub(super) fn fields(self) -> &'static [&'static str] {
+        match self {
+            Admin::Reload => &["id", "op"],
+            Admin::Stop { .. } => &["id", "op", "fast"],
+            Admin::Scale(_) => &["id", "op", "workers", "by"],
+        }
+    }
+}
 
 /// How `scale` moves the operator's target: to a number, or by a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,17 +44,17 @@ pub enum Scale {
 }
 
 /// Parses the fields of op `op` (one of the ops above).
-pub(super) fn parse(op: &str, fields: &Fields) -> Result<Op, String> {
+pub(super) fn parse(op: &str, fields: &Fields) -> Result<Admin, String> {
     match op {
-        "reload" => Ok(Op::Reload),
-        "stop" => Ok(Op::Stop {
+        "reload" => Ok(Admin::Reload),
+        "stop" => Ok(Admin::Stop {
             fast: match fields.get("fast") {
                 None => false,
                 Some(raw) => serde_json::from_str::<bool>(raw.get())
                     .map_err(|_| "field `fast` must be true or false".to_string())?,
             },
         }),
-        _ => scale(fields).map(Op::Scale),
+        _ => scale(fields).map(Admin::Scale),
     }
 }
 

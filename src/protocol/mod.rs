@@ -7,7 +7,7 @@
 mod admin_ops;
 mod durable_ops;
 
-pub use admin_ops::Scale;
+pub use admin_ops::{Admin, Scale};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -153,14 +153,8 @@ pub enum Op {
         queue: String,
         paused: bool,
     },
-    /// Reload the configuration and the catalog, as SIGHUP does.
-    Reload,
-    /// Stop the service: gracefully as SIGTERM does, or fast as SIGINT.
-    Stop {
-        fast: bool,
-    },
-    /// Move the operator's worker count, as SIGTTIN/SIGTTOU do one at a time.
-    Scale(Scale),
+    /// `reload`, `stop`, `scale`: the operator's.
+    Admin(Admin),
 }
 
 /// A parsed request line.
@@ -285,7 +279,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
             }
         }
         "reload" | "stop" | "scale" => match admin_ops::parse(&op, &fields) {
-            Ok(op) => op,
+            Ok(admin) => Op::Admin(admin),
             Err(message) => return Err(bad(id, message)),
         },
         "status" => Op::Status,
@@ -339,9 +333,7 @@ fn op_fields(op: &Op) -> &'static [&'static str] {
         Op::Cancel { .. } => &["id", "op", "job_id"],
         Op::Queues => &["id", "op"],
         Op::Pause { .. } => &["id", "op", "queue"],
-        Op::Reload => &["id", "op"],
-        Op::Stop { .. } => &["id", "op", "fast"],
-        Op::Scale(_) => &["id", "op", "workers", "by"],
+        Op::Admin(admin) => admin.fields(),
     }
 }
 

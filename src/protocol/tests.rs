@@ -155,23 +155,24 @@ fn durable_ops_parse_their_fields_and_refuse_another_ops_fields_by_name() {
 #[test]
 fn admin_ops_parse_their_fields_and_name_each_mistake() {
     let op = |line: &str| parse_request(line.as_bytes()).map(|r| r.op);
-    assert!(matches!(op(r#"{"op":"reload"}"#), Ok(Op::Reload)));
-    assert!(matches!(
-        op(r#"{"op":"stop"}"#),
-        Ok(Op::Stop { fast: false })
-    ));
-    assert!(matches!(
-        op(r#"{"op":"stop","fast":true}"#),
-        Ok(Op::Stop { fast: true })
-    ));
-    assert!(matches!(
-        op(r#"{"op":"scale","workers":3}"#),
-        Ok(Op::Scale(Scale::To(3)))
-    ));
-    assert!(matches!(
-        op(r#"{"op":"scale","by":-1}"#),
-        Ok(Op::Scale(Scale::By(-1)))
-    ));
+    let admin = |line: &str| match op(line) {
+        Ok(Op::Admin(admin)) => Some(admin),
+        _ => None,
+    };
+    assert_eq!(admin(r#"{"op":"reload"}"#), Some(Admin::Reload));
+    assert_eq!(admin(r#"{"op":"stop"}"#), Some(Admin::Stop { fast: false }));
+    assert_eq!(
+        admin(r#"{"op":"stop","fast":true}"#),
+        Some(Admin::Stop { fast: true })
+    );
+    assert_eq!(
+        admin(r#"{"op":"scale","workers":3}"#),
+        Some(Admin::Scale(Scale::To(3)))
+    );
+    assert_eq!(
+        admin(r#"{"op":"scale","by":-1}"#),
+        Some(Admin::Scale(Scale::By(-1)))
+    );
     for (line, named) in [
         (
             r#"{"op":"stop","fast":"yes"}"#,
