@@ -19,8 +19,13 @@ use super::Master;
 use crate::config::ServiceConfig;
 use crate::protocol::{self, Admin, ErrorBody, ErrorKind, Scale};
 
+/// The superuser's uid.
+const ROOT: u32 = 0;
+
 /// `Ok` when `peer` may reload, stop or scale the service run by `own_uid`; else the
-/// `forbidden` answer naming the uid and the key that would allow it.
+/// `forbidden` answer naming the uid and the key that would allow it. Root always may: it
+/// can send the master SIGHUP or SIGTERM anyway, so refusing `sudo forkpool reload` would
+/// protect nothing and only surprise the operator.
 pub fn may_administer(
     service: &ServiceConfig,
     own_uid: u32,
@@ -28,12 +33,18 @@ pub fn may_administer(
     op: &str,
 ) -> Result<(), ErrorBody> {
     match peer {
-        Some(peer) if peer.uid == own_uid || service.admin_uids.contains(&peer.uid) => Ok(()),
+        Some(peer)
+            if peer.uid == own_uid
+                || peer.uid == ROOT
+                || service.admin_uids.contains(&peer.uid) =>
+        {
+            Ok(())
+        }
         Some(peer) => Err(ErrorBody::new(
             ErrorKind::Forbidden,
             format!(
-                "uid {} may not {op} the service: only its own uid ({own_uid}) and the uids \
-                 in service.admin_uids may (add {} there and reload)",
+                "uid {} may not {op} the service: only its own uid ({own_uid}), root and the \
+                 uids in service.admin_uids may (add {} there and reload)",
                 peer.uid, peer.uid
             ),
         )),
@@ -150,8 +161,8 @@ mod tests {
         assert!(may_administer(&service, OWN, None, "reload").is_err());
         let default = ServiceConfig::default();
         assert!(
-            may_administer(&default, OWN, peer(0), "scale").is_err(),
-            "root is not the service's uid"
+            may_administer(&default, OWN, peer(0), "scale").is_ok(),
+            "root may signal the master anyway"
         );
     }
 }
