@@ -22,7 +22,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use support::{spawn_tied, Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+use support::{spawn_tied, Client, Cluster, Service, ServiceOptions, APP_PASSWORD, EVENT_TIMEOUT};
 
 // ---- the notification socket ---------------------------------------------------------------
 
@@ -233,6 +233,62 @@ fn units_pass_systemd_analyze_verify() {
     assert!(
         !said.contains("forkpool"),
         "systemd-analyze verify has remarks:\n{said}"
+    );
+}
+
+// ---- credentials ---------------------------------------------------------------------------
+
+/// The service's configuration with the password kept out of the url and read from the file
+/// systemd's `LoadCredential=db-password:…` writes: `${CREDENTIALS_DIRECTORY}/db-password`.
+/// The cluster asks for a password over TCP, so a job that answers proves the file was read.
+fn credential_options(cluster: &Cluster) -> ServiceOptions {
+    let options = ServiceOptions::on(cluster)
+        .database_key("password_file", "\"${CREDENTIALS_DIRECTORY}/db-password\"");
+    let url = options
+        .database_url
+        .replace(&format!("password={APP_PASSWORD} "), "");
+    assert!(!url.contains(APP_PASSWORD), "{url}");
+    ServiceOptions {
+        database_url: url,
+        ..options
+    }
+}
+
+#[test]
+fn password_file_in_the_credentials_directory_connects() {
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(
+        credentials.path().join("db-password"),
+        format!("{APP_PASSWORD}\n"),
+    )
+    .unwrap();
+    let mut options = credential_options(Cluster::shared());
+    options.env.push((
+        "CREDENTIALS_DIRECTORY".to_string(),
+        credentials.path().to_str().unwrap().to_string(),
+    ));
+    let service = Service::start(options);
+    let answer = service.submit("add", json!({"a": 40, "b": 2}));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["result"]["rows"][0]["sum"], 42, "{answer}");
+}
+
+#[test]
+fn password_file_naming_an_unset_credentials_directory_stops_the_start_naming_it() {
+    let mut service = Service::spawn(credential_options(Cluster::shared()));
+    // Read before the exit is awaited: the log is collected from stderr by another thread.
+    service.wait_for_log(
+        "the environment variable CREDENTIALS_DIRECTORY is not set",
+        1,
+    );
+    let status = service.wait_exit();
+    let logs = service.logs();
+    assert_eq!(status.code(), Some(2), "logs:\n{logs}");
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("databases.main.password_file")
+                && line.contains("CREDENTIALS_DIRECTORY is not set")),
+        "logs:\n{logs}"
     );
 }
 

@@ -84,18 +84,56 @@ pub fn text(value: &Value) -> Result<String, String> {
     }
 }
 
-/// A path that must be given.
+/// A path that must be given, with environment variables expanded ([`expand_env`]).
 pub fn path(value: &Value) -> Result<PathBuf, String> {
     match text(value)? {
         p if p.is_empty() => Err("must not be empty".to_string()),
-        p => Ok(PathBuf::from(p)),
+        p => expand_env(&p, process_env).map(PathBuf::from),
     }
 }
 
-/// A path where the empty string means "none".
+/// A path where the empty string means "none", with environment variables expanded.
 pub fn optional_path(value: &Value) -> Result<Option<PathBuf>, String> {
     let p = text(value)?;
-    Ok((!p.is_empty()).then(|| PathBuf::from(p)))
+    if p.is_empty() {
+        return Ok(None);
+    }
+    expand_env(&p, process_env).map(|p| Some(PathBuf::from(p)))
+}
+
+/// A path-valued key's `$VAR`, `${VAR}` and `${VAR:-default}` expanded as a shell would,
+/// with `lookup` giving a variable's value. Made for systemd's credentials:
+/// `password_file = "${CREDENTIALS_DIRECTORY}/db-password"` names the file systemd wrote for
+/// `LoadCredential=`, whose directory changes with each start. A variable unset or empty
+/// without a default is an error naming it: a path with a hole in it would name some other
+/// file. A `$` that starts no variable name stays as it is.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let value_of = |name: &str| match lookup(name) {
+        Some(value) if !value.is_empty() => Ok(Some(value)),
+        Some(_) => Err("is empty"),
+        None => Err("is not set"),
+    };
+    match shellexpand::env_with_context(text, value_of) {
+        Ok(expanded) => Ok(expanded.into_owned()),
+        Err(error) => {
+            let name = error.var_name;
+            let hint = if name == "CREDENTIALS_DIRECTORY" {
+                " (systemd sets it for a service with LoadCredential=; elsewhere set it yourself)"
+            } else {
+                ""
+            };
+            Err(format!(
+                "the environment variable {name} {}{hint}: set it, or give a default as \
+                 ${{{name}:-VALUE}}",
+                error.cause
+            ))
+        }
+    }
+}
+
+/// The process's environment, for [`expand_env`]; a value that is not UTF-8 counts as unset.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// A TCP address to listen on (`"127.0.0.1:9187"`, `"[::1]:9187"`), or `""` for none. A
@@ -239,6 +277,41 @@ mod tests {
             id_list(&s("wheel"), "gids"),
             Err("not a list of gids (write [1000, 1001])".to_string())
         );
+    }
+
+    #[test]
+    fn paths_expand_environment_variables_and_name_the_one_missing() {
+        let env = |name: &str| match name {
+            "CREDENTIALS_DIRECTORY" => Some("/run/credentials/forkpool.service".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_env("${CREDENTIALS_DIRECTORY}/db-password", env),
+            Ok("/run/credentials/forkpool.service/db-password".to_string())
+        );
+        assert_eq!(
+            expand_env("$CREDENTIALS_DIRECTORY/pw", env),
+            Ok("/run/credentials/forkpool.service/pw".to_string())
+        );
+        assert_eq!(
+            expand_env("${STATE:-/var/lib/forkpool}/x", env),
+            Ok("/var/lib/forkpool/x".to_string())
+        );
+        assert_eq!(expand_env("secrets/pw", env), Ok("secrets/pw".to_string()));
+        assert_eq!(expand_env("a$/b", env), Ok("a$/b".to_string()));
+        let unset = expand_env("${CREDENTIALS_DIRECTORY_X}/pw", env).unwrap_err();
+        assert!(
+            unset.starts_with("the environment variable CREDENTIALS_DIRECTORY_X is not set"),
+            "{unset}"
+        );
+        let empty = expand_env("${EMPTY}/pw", env).unwrap_err();
+        assert!(
+            empty.contains("EMPTY") && empty.contains("is empty"),
+            "{empty}"
+        );
+        let credentials = expand_env("${CREDENTIALS_DIRECTORY}/pw", |_| None).unwrap_err();
+        assert!(credentials.contains("LoadCredential="), "{credentials}");
     }
 
     #[test]

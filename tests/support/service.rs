@@ -34,8 +34,9 @@ const STATUS_POLL: Duration = Duration::from_millis(20);
 /// What the test process's environment may hold that would tell the service under test it
 /// runs under systemd (when `cargo test` itself runs in a unit or under journald): removed,
 /// so a test sets them only on purpose.
-const SYSTEMD_VARIABLES: [&str; 7] = [
+const SYSTEMD_VARIABLES: [&str; 8] = [
     "NOTIFY_SOCKET",
+    "CREDENTIALS_DIRECTORY",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     "LISTEN_FDS",
