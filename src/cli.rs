@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client;
 use crate::exit::{EXIT_FAILED, EXIT_OK};
@@ -27,6 +27,8 @@ macro_rules! example {
         concat!("Example:\n", $("  ", $line, "\n",)+ "\n", exit_codes!())
     };
 }
+
+mod docs;
 
 #[derive(Parser)]
 #[command(
@@ -195,6 +197,17 @@ enum Command {
         /// +N, -N or N.
         #[arg(allow_hyphen_values = true, value_parser = client::admin::parse_scale)]
         workers: crate::protocol::Scale,
+    },
+    /// Print the shell completion script, e.g. `forkpool completions bash`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff); with --dir, write it and one page per subcommand there.
+    Man {
+        /// Write forkpool.1 and forkpool-SUBCOMMAND.1 into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -374,6 +387,8 @@ pub fn main_with(service: Service) -> i32 {
             Ok(socket) => client::admin::scale(&socket, workers),
             Err(code) => code,
         },
+        Command::Completions { shell } => docs::completions(Cli::command(), shell),
+        Command::Man { dir } => docs::man(Cli::command(), dir.as_deref()),
     }
 }
 
