@@ -195,45 +195,178 @@ fn serving(status: &Value, generation: u64) -> usize {
 
 // ---- the units -----------------------------------------------------------------------------
 
-/// `systemd-analyze verify` on both units. The service's `ExecStart=` names
-/// /usr/local/bin/forkpool, which verify requires to exist, so the units are verified from a
-/// temporary copy whose `ExecStart=` points at the binary under test.
-#[test]
-fn units_pass_systemd_analyze_verify() {
+/// The unit files, with `ExecStart=` pointing at the binary under test: `systemd-analyze
+/// verify` requires the program to exist, and the units name /usr/local/bin/forkpool.
+fn units_for_verify() -> tempfile::TempDir {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     let dir = tempfile::tempdir().unwrap();
-    let service = std::fs::read_to_string(units.join("forkpool.service")).unwrap();
-    assert!(service.contains("ExecStart=/usr/local/bin/forkpool run"));
-    let service = service.replace("/usr/local/bin/forkpool", env!("CARGO_BIN_EXE_forkpool"));
-    std::fs::write(dir.path().join("forkpool.service"), service).unwrap();
-    std::fs::copy(
-        units.join("forkpool.socket"),
-        dir.path().join("forkpool.socket"),
-    )
-    .unwrap();
-    let output = match Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(dir.path().join("forkpool.service"))
-        .arg(dir.path().join("forkpool.socket"))
-        .output()
-    {
-        Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("systemd-analyze is not installed: the units are not verified here");
-            return;
+    for name in [
+        "forkpool.service",
+        "forkpool.socket",
+        "forkpool@.service",
+        "forkpool@.socket",
+    ] {
+        let text = unit_text(name);
+        if name.ends_with(".service") {
+            assert!(
+                text.contains("ExecStart=/usr/local/bin/forkpool run"),
+                "{name}"
+            );
         }
-        Err(e) => panic!("running systemd-analyze: {e}"),
+        let text = text.replace("/usr/local/bin/forkpool", env!("CARGO_BIN_EXE_forkpool"));
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    assert!(units.join("forkpool.sysusers").exists());
+    dir
+}
+
+fn unit_text(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `program args…`, or None (with the reason printed) when the program is not installed.
+fn run_if_installed(program: &str, args: &[&std::ffi::OsStr]) -> Option<(bool, String)> {
+    match Command::new(program).args(args).output() {
+        Ok(output) => Some((
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("{program} is not installed: this check does not run here");
+            None
+        }
+        Err(e) => panic!("running {program}: {e}"),
+    }
+}
+
+/// `systemd-analyze verify` on both units, and on an instance of each template (verify finds
+/// `forkpool@.service` next to the `forkpool@test.service` it is given).
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let dir = units_for_verify();
+    let mut args = vec![std::ffi::OsString::from("verify")];
+    for name in [
+        "forkpool.service",
+        "forkpool.socket",
+        "forkpool@test.service",
+        "forkpool@test.socket",
+    ] {
+        args.push(dir.path().join(name).into_os_string());
+    }
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let Some((ok, said)) = run_if_installed("systemd-analyze", &args) else {
+        return;
     };
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "systemd-analyze verify:\n{said}");
+    assert!(ok, "systemd-analyze verify:\n{said}");
     assert!(
         !said.contains("forkpool"),
         "systemd-analyze verify has remarks:\n{said}"
     );
+}
+
+/// The directives of a unit file (no comments, no blank lines), in order.
+fn directives(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// forkpool@.service is forkpool.service with the instance's own config, socket and runtime
+/// directory, and nothing else changed: a setting added to one is added to the other.
+#[test]
+fn the_template_is_the_service_with_the_instance_paths() {
+    let expected: Vec<String> = directives(&unit_text("forkpool.service"))
+        .into_iter()
+        .map(|line| {
+            line.replace(
+                "/etc/forkpool/forkpool.toml",
+                "/etc/forkpool/%i/forkpool.toml",
+            )
+            .replace(
+                "/run/forkpool/forkpool.sock",
+                "/run/forkpool/%i/forkpool.sock",
+            )
+            .replace("RuntimeDirectory=forkpool", "RuntimeDirectory=forkpool/%i")
+            .replace("for PostgreSQL", "for PostgreSQL (%i)")
+        })
+        .collect();
+    assert_eq!(directives(&unit_text("forkpool@.service")), expected);
+    let expected: Vec<String> = directives(&unit_text("forkpool.socket"))
+        .into_iter()
+        .filter(|line| line != "Service=forkpool.service")
+        .map(|line| {
+            line.replace(
+                "/run/forkpool/forkpool.sock",
+                "/run/forkpool/%i/forkpool.sock",
+            )
+            .replace("job socket", "job socket (%i)")
+        })
+        .collect();
+    assert_eq!(directives(&unit_text("forkpool@.socket")), expected);
+}
+
+/// A bad configuration exits 2, and the unit does not restart on 2: five restarts cannot fix
+/// a typo. The credential the README describes is shown in the unit, ready to turn on.
+#[test]
+fn a_bad_configuration_exits_2_which_the_unit_does_not_restart() {
+    let unit = unit_text("forkpool.service");
+    assert!(
+        directives(&unit).contains(&"RestartPreventExitStatus=2".to_string()),
+        "{unit}"
+    );
+    assert!(unit.contains("\n#LoadCredential=db-password:/etc/forkpool/db-password\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forkpool.toml");
+    std::fs::write(&config, "[workers]\ncount = \"many\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("workers.count"), "{stderr}");
+}
+
+/// The sysusers.d file creates the service's user and its clients' group, as
+/// `systemd-sysusers` reads it (against an empty root, writing nothing).
+#[test]
+fn sysusers_file_creates_the_user_and_the_clients_group() {
+    let root = tempfile::tempdir().unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/forkpool.sysusers");
+    let root_arg = format!("--root={}", root.path().display());
+    let args = [
+        std::ffi::OsStr::new("--dry-run"),
+        std::ffi::OsStr::new(&root_arg),
+        file.as_os_str(),
+    ];
+    let Some((ok, said)) = run_if_installed("systemd-sysusers", &args) else {
+        return;
+    };
+    assert!(ok, "systemd-sysusers:\n{said}");
+    assert!(said.contains("Creating user 'forkpool'"), "{said}");
+    assert!(said.contains("Creating group 'forkpool-clients'"), "{said}");
+    assert!(
+        !said.contains("ignoring") && !said.contains("Unknown"),
+        "{said}"
+    );
+    for unit in ["forkpool.service", "forkpool@.service"] {
+        assert!(directives(&unit_text(unit)).contains(&"User=forkpool".to_string()));
+    }
+    for unit in ["forkpool.socket", "forkpool@.socket"] {
+        assert!(directives(&unit_text(unit)).contains(&"SocketGroup=forkpool-clients".to_string()));
+    }
 }
 
 // ---- credentials ---------------------------------------------------------------------------
