@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The release binary first: tests/package_deb.rs packages it (built once, here).
+cargo build --release
 cargo test
 
-cargo build --release
 venv=clients/python/.venv
 if [ ! -x "$venv/bin/python" ]; then
     if ! python3 -m venv "$venv"; then # Debian's python3 ships ensurepip apart
