@@ -113,6 +113,9 @@ fn man_page_has_name_synopsis_and_every_subcommand_and_renders() {
         ".SH NAME",
         ".SH SYNOPSIS",
         ".SH SUBCOMMANDS",
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
     ] {
         assert!(page.contains(section), "no {section}:\n{page}");
     }
@@ -128,6 +131,10 @@ fn man_page_has_name_synopsis_and_every_subcommand_and_renders() {
     let rendered = render(&file);
     assert!(
         rendered.contains("NAME") && rendered.contains("forkpool - A prefork job runner"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("EXIT STATUS") && rendered.contains("FORKPOOL_SECTION__KEY"),
         "{rendered}"
     );
 }
