@@ -1,0 +1,34 @@
+//! A private PostgreSQL cluster from the installed server programs: what the integration
+//! tests (`tests/support`) and `forkpool dev` both start, so the command a newcomer tries
+//! first runs on the code the tests exercise.
+//!
+//! - `binaries.rs`: finding `initdb`, `pg_ctl` and `postgres` (and saying how to install
+//!   them);
+//! - `installation.rs`: running them, as the `postgres` OS user when we are root; `initdb`;
+//! - `server_files.rs`: pg_hba.conf, the settings (port, socket directory, TLS), the
+//!   certificates' files;
+//! - `certs.rs`: a CA and a server certificate, made at run time;
+//! - `postmaster.rs`: the server as our child: start, wait until ready, stop.
+//!
+//! Imports nothing of ours: the master never reaches it, start-up and the tests may.
+
+pub mod binaries;
+pub mod certs;
+pub mod installation;
+pub mod postmaster;
+pub mod server_files;
+
+use std::net::TcpListener;
+
+/// A port on 127.0.0.1 that was free a moment ago (the kernel's choice for port 0, which
+/// never hands out 5432). The server may still lose a race for it: callers retry.
+pub fn free_port() -> std::io::Result<u16> {
+    TcpListener::bind("127.0.0.1:0")?
+        .local_addr()
+        .map(|a| a.port())
+}
+
+/// Whether `port` on 127.0.0.1 can be bound now (a cluster's earlier port, to keep it).
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
