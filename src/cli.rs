@@ -104,6 +104,20 @@ enum Command {
         #[command(flatten)]
         options: client::bench::BenchOptions,
     },
+    /// Try forkpool with one command: a private PostgreSQL in ./.forkpool-dev (kept between
+    /// runs), the service on it with the job files, until Ctrl-C.
+    Dev {
+        /// The job files to serve.
+        #[arg(long, value_name = "DIR", default_value = "workers")]
+        workers: PathBuf,
+        /// Wipe ./.forkpool-dev first: a new cluster, nothing kept.
+        #[arg(long)]
+        fresh: bool,
+        /// Install the PostgreSQL server programs when they are missing
+        /// (scripts/install-postgres.sh: apt-get, through sudo unless root).
+        #[arg(long)]
+        install: bool,
+    },
     /// Validate the configuration and the job catalog.
     Check {
         #[arg(long)]
@@ -224,6 +238,15 @@ pub fn main_with(service: Service) -> i32 {
             Err(code) => code,
         },
         Command::Check { config, db } => check(config.as_deref(), db, &service),
+        Command::Dev {
+            workers,
+            fresh,
+            install,
+        } => crate::dev::run(&crate::dev::DevOptions {
+            workers,
+            fresh,
+            install,
+        }),
         Command::Bench { target, options } => match socket_path(&target) {
             Ok(socket) => client::bench::run(&socket, &options),
             Err(code) => code,
