@@ -18,6 +18,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use crate::devcluster::signal_when_parent_dies;
+
 /// Starts `<this program> run --config <config>`. Its own process group keeps a terminal's
 /// Ctrl-C from reaching it before us (we pass it on); the parent-death signal stops it fast
 /// if we die without doing so. `FORKPOOL_*` variables are not passed: the generated
@@ -34,15 +36,7 @@ pub(crate) fn spawn(config: &Path) -> Result<Child, String> {
         }
     }
     command.process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    signal_when_parent_dies(&mut command, libc::SIGINT);
     command
         .spawn()
         .map_err(|e| format!("starting {} run: {e}", program.display()))

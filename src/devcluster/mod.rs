@@ -19,6 +19,8 @@ pub mod postmaster;
 pub mod server_files;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 
 /// A port on 127.0.0.1 that was free a moment ago (the kernel's choice for port 0, which
 /// never hands out 5432). The server may still lose a race for it: callers retry.
@@ -31,4 +33,19 @@ pub fn free_port() -> std::io::Result<u16> {
 /// Whether `port` on 127.0.0.1 can be bound now (a cluster's earlier port, to keep it).
 pub fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Makes the kernel send `signal` to the child `command` starts when the thread that
+/// started it exits (`PR_SET_PDEATHSIG`): a child that must not outlive us, however we end.
+/// Set in the child after its switch to another user, which would clear it.
+pub fn signal_when_parent_dies(command: &mut Command, signal: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

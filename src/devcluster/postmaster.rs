@@ -83,16 +83,7 @@ impl Postmaster {
             .stderr(log);
         if tie == Tie::OwnGroupStopsWithUs {
             command.process_group(0);
-            // SAFETY: prctl is async-signal-safe; it runs after the fork (and after the
-            // switch to the server user, which would clear it) and touches no memory.
-            unsafe {
-                command.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            super::signal_when_parent_dies(&mut command, libc::SIGINT);
         }
         let child = command
             .spawn()
