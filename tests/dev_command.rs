@@ -194,6 +194,25 @@ fn is_running(pid: i32) -> bool {
     }
 }
 
+/// Waits until process `pid` (not our child) has exited, at most `within`, through a pidfd
+/// that becomes readable at its exit; whether it did.
+fn exits_within(pid: i32, within: Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return !is_running(pid); // already gone (ESRCH)
+    }
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; the descriptor is ours and closed right after.
+    let ready = unsafe { libc::poll(&mut poll, 1, within.as_millis() as i32) };
+    unsafe { libc::close(fd) };
+    ready == 1 || !is_running(pid)
+}
+
 fn enqueue(dev: &Dev, a: i64) -> i64 {
     let answer = dev.client().request(json!({
         "id": 1, "op": "enqueue", "job": "add", "args": {"a": a, "b": 1}
@@ -284,6 +303,28 @@ fn dev_keeps_its_data_and_port_between_runs_moves_off_a_taken_port_and_fresh_wip
     let gone = result(&dev, job_id);
     assert_eq!(gone["error"]["kind"], "not_found", "{gone}");
     assert_eq!(dev.stop(Signal::SIGINT).code(), Some(0));
+}
+
+#[test]
+fn a_killed_dev_leaves_neither_the_service_nor_postgres_behind() {
+    let dir = project_dir();
+    let mut dev = Dev::start(dir.path(), &[]);
+    let postmaster = dev.postmaster_pid();
+    let status = dev.client().request(json!({"id": 1, "op": "status"}));
+    let master = status["result"]["pid"].as_i64().unwrap() as i32;
+    kill(Pid::from_raw(dev.child.id() as i32), Signal::SIGKILL).unwrap();
+    dev.child.wait().unwrap();
+    // The kernel's parent-death signal (SIGINT) stops both: fast, with no one to pass it on.
+    for (what, pid) in [
+        ("the service's master", master),
+        ("the postmaster", postmaster),
+    ] {
+        assert!(
+            exits_within(pid, STOP_PATIENCE),
+            "{what} {pid} outlived forkpool dev\n{}",
+            dev.output()
+        );
+    }
 }
 
 #[test]
