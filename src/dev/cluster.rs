@@ -30,6 +30,13 @@ pub(crate) struct DevCluster {
 /// the `forkpool` role (with `place`'s password) and database exist.
 pub(crate) fn start(install: &Installation, place: &Place) -> Result<DevCluster, String> {
     if !place.has_cluster() {
+        if place.data_dir.exists() {
+            return Err(format!(
+                "{} holds no complete cluster (an interrupted first run?): \
+                 `forkpool dev --fresh` starts over",
+                place.data_dir.display()
+            ));
+        }
         println!(
             "forkpool dev: creating a PostgreSQL cluster in {} (initdb from {})",
             place.data_dir.display(),

@@ -177,3 +177,16 @@ fn check_reachable_by_others(dir: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::conninfo_value;
+
+    #[test]
+    fn conninfo_values_are_quoted_only_when_they_need_it() {
+        assert_eq!(conninfo_value("/tmp/p/ca.crt"), "/tmp/p/ca.crt");
+        assert_eq!(conninfo_value("/my dir/ca.crt"), "'/my dir/ca.crt'");
+        assert_eq!(conninfo_value("/it's/ca.crt"), r"'/it\'s/ca.crt'");
+        assert_eq!(conninfo_value(r"/a\b"), r"'/a\\b'");
+    }
+}
