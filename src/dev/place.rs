@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::devcluster::installation::Installation;
+use crate::pool::conninfo::quote;
 
 /// The directory's name, in the current directory.
 pub(crate) const DIR_NAME: &str = ".forkpool-dev";
@@ -117,7 +118,7 @@ impl Place {
         let url = format!(
             "host=localhost port={port} user={APP_ROLE} dbname={APP_ROLE} \
              sslmode=verify-full sslrootcert={}",
-            conninfo_value(&self.root.join("ca.crt").to_string_lossy())
+            quote(&self.root.join("ca.crt").to_string_lossy())
         );
         let mut service = toml::Table::new();
         service.insert("socket".into(), "forkpool.sock".into());
@@ -148,14 +149,6 @@ impl Place {
     }
 }
 
-/// A libpq conninfo value, quoted when it needs to be.
-fn conninfo_value(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\']) {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// As root the server runs as `postgres`, which must be able to pass through every directory
 /// above `dir`; a home directory of mode 0700 stops it, with a message from initdb that
 /// does not say so.
@@ -176,17 +169,4 @@ fn check_reachable_by_others(dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::conninfo_value;
-
-    #[test]
-    fn conninfo_values_are_quoted_only_when_they_need_it() {
-        assert_eq!(conninfo_value("/tmp/p/ca.crt"), "/tmp/p/ca.crt");
-        assert_eq!(conninfo_value("/my dir/ca.crt"), "'/my dir/ca.crt'");
-        assert_eq!(conninfo_value("/it's/ca.crt"), r"'/it\'s/ca.crt'");
-        assert_eq!(conninfo_value(r"/a\b"), r"'/a\\b'");
-    }
 }
