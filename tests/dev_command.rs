@@ -354,3 +354,40 @@ fn dev_without_the_server_programs_says_how_to_install_them() {
         "nothing is created without a server"
     );
 }
+
+#[test]
+fn a_second_dev_in_the_same_directory_is_refused_while_the_first_runs() {
+    let dir = project_dir();
+    let first = Dev::start(dir.path(), &[]);
+    let postmaster = first.postmaster_pid();
+    let mut second = Dev::spawn(dir.path(), &["--fresh"], &[]);
+    let status = second.wait_exit();
+    let stderr = fs::read_to_string(&second.stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("already running (pid {postmaster})")),
+        "{stderr}"
+    );
+    // --fresh did not pull the data from under the running cluster.
+    let answer = first.client().request(json!({
+        "id": 1, "op": "run", "job": "add", "args": {"a": 1, "b": 2}
+    }));
+    assert_eq!(answer["result"]["rows"][0]["sum"], 3, "{answer}");
+    assert_eq!(first.stop(Signal::SIGINT).code(), Some(0));
+}
+
+#[test]
+fn as_root_a_directory_the_postgres_user_cannot_reach_is_named() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: the server runs as this user, who reaches the directory");
+        return;
+    }
+    let dir = project_dir();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let mut dev = Dev::spawn(dir.path(), &[], &[]);
+    let status = dev.wait_exit();
+    let stderr = fs::read_to_string(&dev.stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let named = format!("cannot pass through {} (mode 700)", dir.path().display());
+    assert!(stderr.contains(&named), "{named:?} missing from: {stderr}");
+}
