@@ -3,21 +3,43 @@
 //! Exit codes: 0 success; 1 the job or request failed (the answer says why); 2 bad usage or
 //! configuration; 3 the service could not be reached.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::client;
 use crate::exit::{EXIT_FAILED, EXIT_OK};
+use crate::logging::{self, LogOptions};
 use crate::service::Service;
 use crate::startup::{self, Loaded};
+
+/// The exit codes, shown under every command's `--help` (DESIGN §4, `crate::exit`).
+macro_rules! exit_codes {
+    () => {
+        "Exit codes: 0 success; 1 the job or request failed (the answer says why); \
+         2 bad usage or configuration; 3 the service could not be reached."
+    };
+}
+
+/// A command's `--help` epilogue: one example, then the exit codes.
+macro_rules! example {
+    ($($line:literal),+ $(,)?) => {
+        concat!("Example:\n", $("  ", $line, "\n",)+ "\n", exit_codes!())
+    };
+}
 
 #[derive(Parser)]
 #[command(
     name = "forkpool",
     version,
-    about = "A prefork job runner for PostgreSQL work"
+    about = "A prefork job runner for PostgreSQL work",
+    after_help = concat!(
+        "The configuration is -c/--config, else $FORKPOOL_CONFIG, else ./config/forkpool.toml, \
+         else /etc/forkpool/forkpool.toml ($FORKPOOL_SYSTEM_CONFIG_DIR replaces /etc/forkpool). \
+         Client commands talk to --socket, else $FORKPOOL_SOCKET, else the configuration's \
+         service.socket.\n\n",
+        exit_codes!()
+    )
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,12 +49,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service in the foreground.
+    #[command(after_help = example!("forkpool run -c /etc/forkpool/forkpool.toml"))]
     Run {
-        /// The configuration file [default: $FORKPOOL_CONFIG, else config/forkpool.toml].
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        file: ConfigFile,
+        #[command(flatten)]
+        log: LogOptions,
     },
     /// Run one job and print the answer as JSON.
+    #[command(after_help = example!(r#"forkpool submit add '{"a": 1, "b": 2}'"#))]
     Submit {
         #[command(flatten)]
         target: Target,
@@ -45,6 +70,7 @@ enum Command {
         args: Option<String>,
     },
     /// Show workers, queue and pools.
+    #[command(after_help = example!("forkpool status --json"))]
     Status {
         #[command(flatten)]
         target: Target,
@@ -56,6 +82,7 @@ enum Command {
         prometheus: bool,
     },
     /// Store a durable job (DESIGN §12) and print its id; with --wait, its final result.
+    #[command(after_help = example!(r#"forkpool enqueue add '{"a": 1}' --in 5m --wait"#))]
     Enqueue {
         #[command(flatten)]
         target: Target,
@@ -63,6 +90,7 @@ enum Command {
         job: client::durable::EnqueueArgs,
     },
     /// Print a durable job's state and result.
+    #[command(after_help = example!("forkpool result 42 --wait 30"))]
     Result {
         #[command(flatten)]
         target: Target,
@@ -74,6 +102,7 @@ enum Command {
         id: i64,
     },
     /// Cancel a durable job: at once if it waits, its query if it runs.
+    #[command(after_help = example!("forkpool cancel 42"))]
     Cancel {
         #[command(flatten)]
         target: Target,
@@ -82,6 +111,7 @@ enum Command {
         id: i64,
     },
     /// List the durable queues with their counts; pause or resume one on every host.
+    #[command(after_help = example!("forkpool queue pause reports"))]
     Queue {
         #[command(flatten)]
         target: Target,
@@ -92,12 +122,13 @@ enum Command {
         action: Option<QueueAction>,
     },
     /// Create or upgrade the durable jobs' schema in queue.database.
+    #[command(after_help = example!("forkpool migrate -c /etc/forkpool/forkpool.toml"))]
     Migrate {
-        /// The configuration file [default: $FORKPOOL_CONFIG, else config/forkpool.toml].
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Load the service with one job from many clients: jobs/s and latency percentiles.
+    #[command(after_help = example!("forkpool bench --job add --args '{\"a\": 1}' --duration 10"))]
     Bench {
         #[command(flatten)]
         target: Target,
@@ -106,6 +137,7 @@ enum Command {
     },
     /// Try forkpool with one command: a private PostgreSQL in ./.forkpool-dev (kept between
     /// runs), the service on it with the job files, until Ctrl-C.
+    #[command(after_help = example!("forkpool dev", "forkpool dev --fresh --workers ./my-jobs"))]
     Dev {
         /// The job files to serve.
         #[arg(long, value_name = "DIR", default_value = "workers")]
@@ -119,13 +151,96 @@ enum Command {
         install: bool,
     },
     /// Validate the configuration and the job catalog.
+    #[command(after_help = example!("forkpool check --db"))]
     Check {
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        file: ConfigFile,
         /// Also connect to each database and report its version, TLS and max_connections.
         #[arg(long)]
         db: bool,
     },
+    /// Check that the service answers: the round trip to its master.
+    #[command(after_help = example!("forkpool ping"))]
+    Ping {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the job catalog: each job's kind, database, timeout and parameters.
+    #[command(after_help = example!("forkpool jobs --json"))]
+    Jobs {
+        #[command(flatten)]
+        target: Target,
+        /// Print the `jobs` answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the configuration and the catalog (as SIGHUP); returns once the new workers
+    /// serve, or with every problem of a refused configuration.
+    #[command(after_help = example!("forkpool reload --timeout 2m"))]
+    Reload {
+        #[command(flatten)]
+        target: Target,
+        /// Wait at most this long for the new generation to serve ("90", "5m").
+        #[arg(long, value_name = "DURATION", default_value = "5m",
+              value_parser = client::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Stop the service: gracefully as SIGTERM, or --fast as SIGINT.
+    #[command(after_help = example!("forkpool stop --wait"))]
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Cancel running jobs and stop at once (answered shutting_down).
+        #[arg(long)]
+        fast: bool,
+        /// Return only once the service has exited.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait, wait at most this long ("90", "5m").
+        #[arg(long, value_name = "DURATION", default_value = "5m",
+              value_parser = client::parse_duration, requires = "wait")]
+        timeout: std::time::Duration,
+    },
+    /// Set how many workers serve (as SIGTTIN/SIGTTOU): +N more, -N fewer, or N exactly,
+    /// within workers.count..=workers.max.
+    #[command(after_help = example!("forkpool scale +2", "forkpool scale -1", "forkpool scale 4"))]
+    Scale {
+        #[command(flatten)]
+        target: Target,
+        /// +N, -N or N.
+        #[arg(allow_hyphen_values = true, value_parser = client::admin::parse_scale)]
+        workers: crate::protocol::Scale,
+    },
+}
+
+/// The configuration file of a command that loads one.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// The configuration file [default: ./config/forkpool.toml, else
+    /// /etc/forkpool/forkpool.toml].
+    #[arg(short = 'c', long, value_name = "PATH", env = "FORKPOOL_CONFIG",
+          value_parser = config_path)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    /// The file named, if any: an empty `FORKPOOL_CONFIG` names none (as before clap read it).
+    fn path(&self) -> Option<&Path> {
+        named(&self.config)
+    }
+}
+
+/// Takes an empty value (an empty `FORKPOOL_CONFIG`), which [`named`] then ignores: clap's
+/// own path parser would refuse it and stop every command.
+fn config_path(text: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(text))
+}
+
+/// A configuration path given with a value that is not empty.
+fn named(config: &Option<PathBuf>) -> Option<&Path> {
+    config
+        .as_deref()
+        .filter(|path| !path.as_os_str().is_empty())
 }
 
 /// What `forkpool queue` does besides listing.
@@ -150,8 +265,10 @@ struct Target {
     /// The service's socket [default: $FORKPOOL_SOCKET, else the configured service.socket].
     #[arg(long, env = "FORKPOOL_SOCKET", global = true)]
     socket: Option<PathBuf>,
-    /// The configuration whose service.socket to use.
-    #[arg(long, global = true)]
+    /// The configuration whose service.socket to use [default: ./config/forkpool.toml, else
+    /// /etc/forkpool/forkpool.toml].
+    #[arg(short = 'c', long, value_name = "PATH", env = "FORKPOOL_CONFIG", global = true,
+          value_parser = config_path)]
     config: Option<PathBuf>,
 }
 
@@ -164,7 +281,8 @@ pub fn main() -> i32 {
 
 /// The `forkpool` command line for a program of your own that registers Rust handlers:
 /// `run` serves them next to the job files, `check` checks them too, and `submit`, `status`,
-/// `enqueue`, `result`, `cancel`, `queue` and `bench` talk to a running service as `forkpool` does. Parses the process's arguments
+/// `enqueue`, `result`, `cancel`, `queue`, `bench`, `ping`, `jobs`, `reload`, `stop` and
+/// `scale` talk to a running service as `forkpool` does. Parses the process's arguments
 /// (exiting with usage on bad ones), sets up logging to stderr (`RUST_LOG`, journald-aware),
 /// runs the command and returns the exit code for [`std::process::exit`]: 0 success, 1 the
 /// job or request failed, 2 bad usage or configuration, 3 the service could not be reached.
@@ -185,9 +303,13 @@ pub fn main() -> i32 {
 /// ```
 pub fn main_with(service: Service) -> i32 {
     let cli = Cli::parse();
-    init_logging();
+    let other_commands_log = LogOptions::default();
+    logging::init(match &cli.command {
+        Command::Run { log, .. } => log,
+        _ => &other_commands_log,
+    });
     match cli.command {
-        Command::Run { config } => startup::run(config.as_deref(), service.handlers()),
+        Command::Run { file, .. } => startup::run(file.path(), service.handlers()),
         Command::Submit {
             target,
             timeout_ms,
@@ -233,11 +355,11 @@ pub fn main_with(service: Service) -> i32 {
             },
             Err(code) => code,
         },
-        Command::Migrate { config } => match startup::load_config(config.as_deref()) {
+        Command::Migrate { file } => match startup::load_config(file.path()) {
             Ok(config) => client::migrate::migrate(&config),
             Err(code) => code,
         },
-        Command::Check { config, db } => check(config.as_deref(), db, &service),
+        Command::Check { file, db } => check(file.path(), db, &service),
         Command::Dev {
             workers,
             fresh,
@@ -251,48 +373,31 @@ pub fn main_with(service: Service) -> i32 {
             Ok(socket) => client::bench::run(&socket, &options),
             Err(code) => code,
         },
-    }
-}
-
-/// Logs go to stderr, one line per event. Under journald (`JOURNAL_STREAM` set, as systemd
-/// does for a service whose stderr is the journal) each line starts with its syslog priority
-/// `<N>` and carries no timestamp: journald parses the one and adds the other. Colour only
-/// when stderr is a terminal, so files and pipes get plain text.
-fn init_logging() {
-    use std::io::IsTerminal;
-    // tokio-postgres logs every server notice at info (a reset's "there is no transaction in
-    // progress" among them); the pool reports what matters under `forkpool::pool`.
-    let mut builder = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,tokio_postgres=warn"),
-    );
-    // tokio_postgres logs every query's bind parameters (job arguments) at debug: unless
-    // RUST_LOG names it, it stays at warn whatever the level, so `RUST_LOG=debug` does not
-    // put arguments in the journal.
-    if !std::env::var("RUST_LOG").is_ok_and(|filter| filter.contains("tokio_postgres")) {
-        builder.filter_module("tokio_postgres", log::LevelFilter::Warn);
-    }
-    builder.format_target(false);
-    builder.write_style(if std::io::stderr().is_terminal() {
-        env_logger::WriteStyle::Auto
-    } else {
-        env_logger::WriteStyle::Never
-    });
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.format(|out, record| {
-            let message = record.args().to_string().replace('\n', " ");
-            writeln!(out, "<{}>{message}", syslog_priority(record.level()))
-        });
-    }
-    builder.init();
-}
-
-/// The syslog priority journald reads from a `<N>` line prefix (sd-daemon(3)).
-fn syslog_priority(level: log::Level) -> u8 {
-    match level {
-        log::Level::Error => 3,
-        log::Level::Warn => 4,
-        log::Level::Info => 6,
-        log::Level::Debug | log::Level::Trace => 7,
+        Command::Ping { target } => match socket_path(&target) {
+            Ok(socket) => client::admin::ping(&socket),
+            Err(code) => code,
+        },
+        Command::Jobs { target, json } => match socket_path(&target) {
+            Ok(socket) => client::admin::jobs(&socket, json),
+            Err(code) => code,
+        },
+        Command::Reload { target, timeout } => match socket_path(&target) {
+            Ok(socket) => client::admin::reload(&socket, timeout),
+            Err(code) => code,
+        },
+        Command::Stop {
+            target,
+            fast,
+            wait,
+            timeout,
+        } => match socket_path(&target) {
+            Ok(socket) => client::admin::stop(&socket, fast, wait, timeout),
+            Err(code) => code,
+        },
+        Command::Scale { target, workers } => match socket_path(&target) {
+            Ok(socket) => client::admin::scale(&socket, workers),
+            Err(code) => code,
+        },
     }
 }
 
@@ -337,5 +442,5 @@ fn socket_path(target: &Target) -> Result<PathBuf, i32> {
     if let Some(socket) = &target.socket {
         return Ok(socket.clone());
     }
-    startup::load_config(target.config.as_deref()).map(|config| config.service.socket)
+    startup::load_config(named(&target.config)).map(|config| config.service.socket)
 }

@@ -54,7 +54,11 @@ mod exit;
 pub mod handler;
 pub(crate) mod ipc;
 pub(crate) mod keeper;
+mod logging;
 pub(crate) mod master;
+// The scrape request parser is public for a fuzz target; the rest for the client and master.
+#[doc(hidden)]
+pub mod metrics;
 // The pool's types a handler touches are re-exported from `handler`, where they are part of
 // the API; a few of their methods and fields still lack docs in src/pool (issue 8's note
 // lists them), and the lint does not see them through the re-export.

@@ -212,6 +212,10 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, i32> {
     Config::load(path).map_err(|errors| {
         eprintln!("{errors}");
         let config = &errors.best_effort;
+        // Without a file the catalog's place is a guess: its problems would only mislead.
+        if !config.file.exists() {
+            return EXIT_USAGE;
+        }
         if let Err(problems) = Catalog::load(&config.service.catalog, config.workers.job_timeout) {
             for problem in problems {
                 eprintln!("forkpool: {problem}");

@@ -1,15 +1,15 @@
 //! The client-side commands: `submit`, `status` (as a table, JSON or Prometheus text),
-//! `enqueue`, `result`, `cancel`, `queue` and `bench` talk to a running service over its socket like
-//! any client; `migrate` connects to the queue's database itself. The master imports nothing
-//! from here.
+//! `enqueue`, `result`, `cancel`, `queue`, `bench` and the operator's `ping`, `jobs`,
+//! `reload`, `stop` and `scale` talk to a running service over its socket like any client;
+//! `migrate` connects to the queue's database itself. The master imports nothing from here.
 
+pub(crate) mod admin;
 pub(crate) mod bench;
 mod bench_durable;
 pub(crate) mod durable;
 mod load;
 pub(crate) mod migrate;
 pub(crate) mod queues;
-mod status_prometheus;
 mod status_table;
 
 use std::io::{BufRead, BufReader, Write};
@@ -20,30 +20,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::exit::{EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE};
-
-/// The states `status` and `queues` count jobs in per queue, in the order a job goes through
-/// them (`scheduled`: `available` with a `run_at` in the future).
-const QUEUE_STATES: [&str; 6] = [
-    "available",
-    "scheduled",
-    "running",
-    "completed",
-    "discarded",
-    "cancelled",
-];
-
-/// The durable totals of `status`, in the order of a job's life.
-const DURABLE_OUTCOMES: [&str; 9] = [
-    "enqueued",
-    "claimed",
-    "completed",
-    "retried",
-    "discarded",
-    "cancelled",
-    "released",
-    "lost",
-    "rescued",
-];
+use crate::metrics::{status_text, DURABLE_OUTCOMES, QUEUE_STATES};
 
 /// Sends one request on a connection of its own and reads its answer, however long it takes.
 fn request(socket: &Path, request: &Value) -> Result<Value, i32> {
@@ -196,7 +173,7 @@ pub(crate) fn status(socket: &Path, as_json: bool, as_prometheus: bool) -> i32 {
     if as_json {
         println!("{}", serde_json::to_string_pretty(status).expect("JSON"));
     } else if as_prometheus {
-        print!("{}", status_prometheus::render(status));
+        print!("{}", status_text::render(status));
     } else {
         print!("{}", status_table::render(status));
     }

@@ -9,7 +9,13 @@ use figment::{Profile, Provider};
 pub const ENV_PREFIX: &str = "FORKPOOL_";
 
 /// Variables that share the prefix but are not configuration keys (see DESIGN §4).
-const NOT_CONFIG_KEYS: [&str; 2] = ["FORKPOOL_CONFIG", "FORKPOOL_SOCKET"];
+const NOT_CONFIG_KEYS: [&str; 5] = [
+    "FORKPOOL_CONFIG",
+    "FORKPOOL_SOCKET",
+    "FORKPOOL_SYSTEM_CONFIG_DIR",
+    "FORKPOOL_LOG_FORMAT",
+    "FORKPOOL_LOG_LEVEL",
+];
 
 /// Where a setting came from, so a message points at what the person has to edit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +138,8 @@ mod tests {
             ("FORKPOOL_DATABASES__MAIN__URL".to_string(), "x".to_string()),
             ("FORKPOOL_CONFIG".to_string(), "c.toml".to_string()),
             ("FORKPOOL_SOCKET".to_string(), "s.sock".to_string()),
+            ("FORKPOOL_LOG_FORMAT".to_string(), "json".to_string()),
+            ("FORKPOOL_LOG_LEVEL".to_string(), "debug".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let settings = from_env(&env);

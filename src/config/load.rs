@@ -10,17 +10,9 @@ use super::database_keys::set_database;
 use super::layers::{self, Origin, Setting};
 use super::queue::{check_database, set_queue, QUEUE_KEYS};
 use super::schedules::{set_schedule, ScheduleConfig, SCHEDULE_KEYS};
+use super::search::{missing, FoundBy};
 use super::values;
 use super::{Config, ConfigErrors, DatabaseConfig, QueueConfig, ServiceConfig, WorkersConfig};
-
-/// How the file path was chosen, so "no config file" can say what to change.
-#[derive(Debug, Clone, Copy)]
-pub enum FoundBy {
-    Flag,
-    EnvVar,
-    Default,
-    Caller,
-}
 
 const SECTIONS: &[&str] = &["service", "workers", "databases", "queue", "schedules"];
 
@@ -29,12 +21,14 @@ const SERVICE_KEYS: &[&str] = &[
     "socket_mode",
     "allowed_uids",
     "allowed_gids",
+    "admin_uids",
     "max_clients",
     "client_idle_timeout",
     "queue_limit",
     "max_request_bytes",
     "shutdown_timeout",
     "catalog",
+    "metrics_listen",
 ];
 
 const WORKERS_KEYS: &[&str] = &[
@@ -51,6 +45,8 @@ const WORKERS_KEYS: &[&str] = &[
     "boot_timeout",
     "restart_backoff_max",
     "give_up_after",
+    "log_jobs",
+    "slow_job",
 ];
 
 /// Smallest `max_request_bytes` that still fits an ordinary request with its arguments.
@@ -59,7 +55,7 @@ const MIN_REQUEST_BYTES: usize = 1024;
 /// Defaults, then the file, then the environment; then the cross-key checks.
 pub fn load(
     file: &Path,
-    found_by: FoundBy,
+    found_by: &FoundBy,
     env: &[(String, String)],
 ) -> Result<Config, ConfigErrors> {
     let mut loader = Loader::new(file);
@@ -69,15 +65,7 @@ pub fn load(
             Err(syntax) => loader.problem(&Origin::File, &syntax),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let hint = match found_by {
-                FoundBy::Flag => " (given by --config)",
-                FoundBy::EnvVar => " (named by FORKPOOL_CONFIG)",
-                FoundBy::Default => " (set --config or FORKPOOL_CONFIG)",
-                FoundBy::Caller => "",
-            };
-            loader
-                .problems
-                .push(format!("no config file at {}{hint}", file.display()));
+            loader.problems.push(missing(file, found_by));
         }
         Err(e) => loader.problem(&Origin::File, &format!("cannot read it: {e}")),
     }
@@ -414,12 +402,14 @@ fn set_service(s: &mut ServiceConfig, key: &str, v: &Value) -> Result<(), Fault>
         "socket_mode" => s.socket_mode = values::octal_mode(v)?,
         "allowed_uids" => s.allowed_uids = values::id_list(v, "uids")?,
         "allowed_gids" => s.allowed_gids = values::id_list(v, "gids")?,
+        "admin_uids" => s.admin_uids = values::id_list(v, "uids")?,
         "max_clients" => s.max_clients = values::whole_number(v)?,
         "client_idle_timeout" => s.client_idle_timeout = values::optional_duration(v)?,
         "queue_limit" => s.queue_limit = values::whole_number(v)?,
         "max_request_bytes" => s.max_request_bytes = values::whole_number(v)?,
         "shutdown_timeout" => s.shutdown_timeout = values::duration(v)?,
         "catalog" => s.catalog = values::path(v)?,
+        "metrics_listen" => s.metrics_listen = values::optional_socket_address(v)?,
         _ => return Err(Fault::Unknown(closest(key, SERVICE_KEYS))),
     }
     Ok(())
@@ -440,6 +430,8 @@ fn set_workers(w: &mut WorkersConfig, key: &str, v: &Value) -> Result<(), Fault>
         "boot_timeout" => w.boot_timeout = values::duration(v)?,
         "restart_backoff_max" => w.restart_backoff_max = values::duration(v)?,
         "give_up_after" => w.give_up_after = values::whole_number(v)?,
+        "log_jobs" => w.log_jobs = values::boolean(v)?,
+        "slow_job" => w.slow_job = values::optional_duration(v)?,
         _ => return Err(Fault::Unknown(closest(key, WORKERS_KEYS))),
     }
     Ok(())

@@ -10,23 +10,19 @@ mod layers;
 mod load;
 mod queue;
 mod schedules;
+mod search;
 mod values;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::pool::ResetOnReturn;
 pub use queue::{Migrate, QueueConfig};
 pub use schedules::{parse_cron, parse_timezone, Every, ScheduleConfig};
-
-/// Where the configuration is looked for when neither `--config` nor `$FORKPOOL_CONFIG`
-/// names a file (relative to the current directory).
-pub const DEFAULT_CONFIG_PATH: &str = "config/forkpool.toml";
-
-/// The environment variable that names the configuration file (after `--config`).
-pub const CONFIG_PATH_VAR: &str = "FORKPOOL_CONFIG";
+pub use search::{CONFIG_PATH_VAR, DEFAULT_CONFIG_PATH, SYSTEM_CONFIG_DIR, SYSTEM_CONFIG_DIR_VAR};
 
 /// The whole configuration, with relative paths already resolved against the file's
 /// directory and `pool_size = 0` already replaced by `workers.threads`.
@@ -57,6 +53,9 @@ pub struct ServiceConfig {
     pub allowed_uids: Vec<u32>,
     /// Peer primary gids (`SO_PEERCRED`) allowed to submit, next to `allowed_uids`.
     pub allowed_gids: Vec<u32>,
+    /// Peer uids allowed the operator's ops (`reload`, `stop`, `scale`) besides the
+    /// service's own uid.
+    pub admin_uids: Vec<u32>,
     /// Client connections held at once; one more is answered `too_many_clients` and closed.
     pub max_clients: usize,
     /// Close a client that sent nothing and awaits nothing for this long (`None`: never).
@@ -69,6 +68,9 @@ pub struct ServiceConfig {
     pub shutdown_timeout: Duration,
     /// The directory of job files; absolute after loading.
     pub catalog: PathBuf,
+    /// Where the master answers `GET /metrics` and `GET /healthz` over HTTP (`None`: no
+    /// listener). A TCP listening socket only: the master still opens no connection.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServiceConfig {
@@ -81,6 +83,9 @@ impl Default for ServiceConfig {
             // The file mode is the access control unless a list is given.
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
+            // Stopping or reshaping the service is its operator's: the service's own uid
+            // (root's only when the service runs as root), no one else unless listed.
+            admin_uids: Vec::new(),
             // Far more than a pool of job submitters needs, and below the descriptor limit
             // the master raises itself to, so a flood is refused with an answer instead of
             // failing `accept` for everyone.
@@ -96,6 +101,9 @@ impl Default for ServiceConfig {
             shutdown_timeout: Duration::from_secs(30),
             // `config/../workers`: the repository layout puts job files beside `config/`.
             catalog: PathBuf::from("../workers"),
+            // Off: a TCP port is the operator's choice (and firewall's), the socket's
+            // `status --prometheus` works without one.
+            metrics_listen: None,
         }
     }
 }
@@ -131,6 +139,12 @@ pub struct WorkersConfig {
     pub restart_backoff_max: Duration,
     /// Consecutive crashes before the master exits non-zero (systemd restarts it).
     pub give_up_after: u32,
+    /// One `forkpool::access` line at info per answered job (job, outcome, times, worker,
+    /// client uid; never its arguments).
+    pub log_jobs: bool,
+    /// Warn once about a job still running after this long, naming job and worker (`None`:
+    /// never), like PHP-FPM's `request_slowlog_timeout`.
+    pub slow_job: Option<Duration>,
 }
 
 impl Default for WorkersConfig {
@@ -162,6 +176,10 @@ impl Default for WorkersConfig {
             restart_backoff_max: Duration::from_secs(30),
             // Ten crashes in a row is not transient: let systemd see the failure.
             give_up_after: 10,
+            // A line per job is a lot of journal for a busy service: on when wanted.
+            log_jobs: false,
+            // What is slow depends on the jobs; job_timeout already bounds them.
+            slow_job: None,
         }
     }
 }
@@ -300,8 +318,10 @@ impl std::error::Error for ConfigErrors {}
 
 impl Config {
     /// Find the file: `explicit` (`--config`), else `$FORKPOOL_CONFIG`, else
-    /// `config/forkpool.toml` (relative to the current directory). Defaults, then the file,
-    /// then `FORKPOOL_SECTION__KEY` environment variables. Returns every problem at once.
+    /// `config/forkpool.toml` (relative to the current directory) if it exists, else
+    /// `/etc/forkpool/forkpool.toml` (`$FORKPOOL_SYSTEM_CONFIG_DIR` replaces the directory).
+    /// Defaults, then the file, then `FORKPOOL_SECTION__KEY` environment variables. Returns
+    /// every problem at once; a file found nowhere names every place looked at.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
         let env: Vec<(String, String)> = std::env::vars_os()
             .map(|(k, v)| {
@@ -312,16 +332,8 @@ impl Config {
             })
             .filter(|(k, _)| k.starts_with(layers::ENV_PREFIX))
             .collect();
-        let from_var = env
-            .iter()
-            .find(|(k, v)| k == CONFIG_PATH_VAR && !v.is_empty())
-            .map(|(_, v)| PathBuf::from(v));
-        let (file, found_by) = match (explicit, from_var) {
-            (Some(path), _) => (path.to_path_buf(), load::FoundBy::Flag),
-            (None, Some(path)) => (path, load::FoundBy::EnvVar),
-            (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), load::FoundBy::Default),
-        };
-        load::load(&file, found_by, &env)
+        let (file, found_by) = search::find(explicit, &env);
+        load::load(&file, &found_by, &env)
     }
 
     /// Why the file should not stay as it is: it holds a database password (in a `url`) and
@@ -349,7 +361,7 @@ impl Config {
     /// Same as [`Config::load`], from an explicit file and an explicit environment (only the
     /// `FORKPOOL_` variables in it are read), so tests do not depend on the process's.
     pub fn load_from(file: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
-        load::load(file, load::FoundBy::Caller, env)
+        load::load(file, &search::FoundBy::Caller, env)
     }
 }
 

@@ -4,6 +4,7 @@
 //! the caller adds which key and where. Numbers and booleans are also accepted as strings,
 //! because environment variables only carry strings.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,6 +96,19 @@ pub fn path(value: &Value) -> Result<PathBuf, String> {
 pub fn optional_path(value: &Value) -> Result<Option<PathBuf>, String> {
     let p = text(value)?;
     Ok((!p.is_empty()).then(|| PathBuf::from(p)))
+}
+
+/// A TCP address to listen on (`"127.0.0.1:9187"`, `"[::1]:9187"`), or `""` for none. A
+/// host name is refused: which address it resolves to would change under the service.
+pub fn optional_socket_address(value: &Value) -> Result<Option<SocketAddr>, String> {
+    let text = text(value)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("`{text}` is not an IP address with a port (e.g. \"127.0.0.1:9187\")"))
 }
 
 /// File permission bits as an octal string (`"0660"`). A TOML integer is refused: `660`

@@ -10,15 +10,19 @@
 //! ```
 //!
 //! A reload is not a phase: the service goes on serving, and the supervisor replaces the
-//! workers of older generations one at a time (`manage_workers`).
+//! workers of older generations one at a time (`manage_workers`). A `reload` asked over the
+//! socket is answered once that is done: every serving worker of the new generation
+//! (`answer_reloads`).
 
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
+use serde_json::value::RawValue;
 
+use super::clients::ClientId;
 use super::{earliest_after, Generation, Master};
 use crate::config::ServiceConfig;
-use crate::protocol::{ErrorBody, ErrorKind};
+use crate::protocol::{self, ErrorBody, ErrorKind};
 
 /// How long workers told to stop fast may take before they are killed.
 const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -39,16 +43,43 @@ enum Phase {
     Terminating { told: Option<Instant> },
 }
 
-/// The stop in progress, if any, and the exit code it will end with.
+/// The stop in progress, if any, and the exit code it will end with; the `reload` requests
+/// waiting for their generation to serve.
 #[derive(Default)]
 pub struct Control {
     phase: Phase,
     exit_code: i32,
+    /// Each `reload` accepted over the socket: the client and the request's id.
+    reloads_awaited: Vec<(ClientId, Box<RawValue>)>,
+}
+
+/// What became of a reload.
+pub enum Reload {
+    /// The new configuration is current; its workers are on their way.
+    Accepted,
+    /// The configuration or the catalog is wrong (every problem); the running one is kept.
+    Refused(Vec<String>),
+    /// The service is stopping: nothing was read.
+    Stopping,
 }
 
 impl Control {
     pub fn stopping(&self) -> bool {
         self.phase != Phase::Normal
+    }
+
+    /// How the service is stopping, for the `stop` answer: `None` while serving.
+    pub fn stop_mode(&self) -> Option<&'static str> {
+        match self.phase {
+            Phase::Normal => None,
+            Phase::Finishing { .. } | Phase::Draining { .. } => Some("graceful"),
+            Phase::Terminating { .. } => Some("fast"),
+        }
+    }
+
+    /// Whether `client` waits for a reload's answer (it is not closed before it).
+    pub fn awaits(&self, client: ClientId) -> bool {
+        self.reloads_awaited.iter().any(|(c, _)| *c == client)
     }
 
     /// The exit code, once a stop has begun.
@@ -80,14 +111,18 @@ impl Control {
 }
 
 impl Master {
-    /// Graceful stop: no new connections or jobs; what is queued and running may finish
-    /// until `shutdown_timeout`.
     pub(super) fn handle_term(&mut self) {
+        self.begin_graceful_stop("SIGTERM");
+    }
+
+    /// Graceful stop (SIGTERM, or `stop` from `asked_by`): no new connections or jobs; what
+    /// is queued and running may finish until `shutdown_timeout`.
+    pub(super) fn begin_graceful_stop(&mut self, asked_by: &str) {
         if self.control.stopping() {
             return;
         }
         info!(
-            "SIGTERM: graceful stop (at most {})",
+            "{asked_by}: graceful stop (at most {})",
             humantime::format_duration(self.config.service.shutdown_timeout)
         );
         self.listener = None;
@@ -100,6 +135,12 @@ impl Master {
     /// Fast stop: answer everything `shutting_down` now and stop the workers at once.
     pub(super) fn handle_int(&mut self) {
         info!("SIGINT/SIGQUIT: fast stop");
+        self.begin_fast_stop(0);
+    }
+
+    /// The fast stop that `stop --fast` from `asked_by` asks for: the same as SIGINT.
+    pub(super) fn fast_stop_asked(&mut self, asked_by: &str) {
+        info!("{asked_by}: fast stop");
         self.begin_fast_stop(0);
     }
 
@@ -128,16 +169,22 @@ impl Master {
     /// old configuration stays and every problem is logged. The size starts again at
     /// `workers.count`; load grows it again if need be.
     pub(super) fn handle_hup(&mut self) {
+        self.reload("SIGHUP");
+    }
+
+    /// The reload of [`Master::handle_hup`], asked by `asked_by` (a signal or a client).
+    pub(super) fn reload(&mut self, asked_by: &str) -> Reload {
         if self.control.stopping() {
-            return;
+            return Reload::Stopping;
         }
-        info!("SIGHUP: reloading {}", self.config.file.display());
+        info!("{asked_by}: reloading {}", self.config.file.display());
         self.systemd.reloading();
         match (self.load)(&self.config.file) {
             Err(problems) => {
-                for problem in problems {
+                for problem in &problems {
                     error!("reload refused, keeping the running configuration: {problem}");
                 }
+                Reload::Refused(problems)
             }
             Ok(Generation {
                 config,
@@ -147,6 +194,9 @@ impl Master {
             }) => {
                 if config.service.socket != self.config.service.socket {
                     warn!("service.socket changed: a restart is needed to move the socket");
+                }
+                if config.service.metrics_listen != self.config.service.metrics_listen {
+                    warn!("service.metrics_listen changed: a restart is needed to move it");
                 }
                 self.size = super::scaling::Size::new(config.workers.count);
                 self.config = config;
@@ -161,7 +211,49 @@ impl Master {
                     "reload accepted (generation {}); replacing workers one by one",
                     self.generation
                 );
+                Reload::Accepted
             }
+        }
+    }
+
+    /// Answers `client`'s `reload` request `id` once the generation it started serves.
+    pub(super) fn await_reload(&mut self, client: ClientId, id: Box<RawValue>) {
+        self.control.reloads_awaited.push((client, id));
+    }
+
+    /// Answers the awaited reloads once the current generation serves: as many of its
+    /// workers serving as wanted and none of an older one left serving, so every job from
+    /// then on runs on the new configuration. A later reload's generation answers the
+    /// earlier requests too. A stop answers them `shutting_down`.
+    pub(super) fn answer_reloads(&mut self) {
+        if self.control.reloads_awaited.is_empty() {
+            return;
+        }
+        let generation = self.generation;
+        let serving = self.workers.serving_in(generation);
+        let answer = |id: &RawValue| -> Option<Vec<u8>> {
+            if self.control.stopping() {
+                let body = ErrorBody::new(
+                    ErrorKind::ShuttingDown,
+                    "the service began to stop before the reload's workers all served",
+                );
+                return Some(protocol::error_line(id, &body.to_json()));
+            }
+            let served = serving >= self.size.wanted()
+                && self.workers.serving().all(|w| w.generation == generation);
+            let result = format!("{{\"generation\":{generation},\"workers\":{serving}}}");
+            served.then(|| protocol::ok_line(id, &result))
+        };
+        let lines: Option<Vec<(ClientId, Vec<u8>)>> = self
+            .control
+            .reloads_awaited
+            .iter()
+            .map(|(client, id)| answer(id).map(|line| (*client, line)))
+            .collect();
+        let Some(lines) = lines else { return };
+        self.control.reloads_awaited.clear();
+        for (client, line) in lines {
+            self.answer(client, &line);
         }
     }
 
@@ -221,7 +313,7 @@ mod tests {
         let deadline = told + Duration::from_secs(10);
         let draining = Control {
             phase: Phase::Draining { deadline, told },
-            exit_code: 0,
+            ..Control::default()
         };
         assert_eq!(
             draining.kill_at(told, &service),
@@ -241,6 +333,7 @@ mod tests {
         let mut control = Control {
             phase: Phase::Terminating { told: None },
             exit_code: 1,
+            ..Control::default()
         };
         assert_eq!(control.kill_at(now, &service), None, "not told yet");
         control.phase = Phase::Terminating { told: Some(now) };

@@ -2,7 +2,7 @@
 //! answer. The next job for a free slot is chosen in one place, [`Master::next_job_for`],
 //! where a second source of work can plug in.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -56,6 +56,7 @@ impl Master {
             spec,
             args,
             timeout,
+            accepted: Instant::now(),
             running: None,
             retried: false,
         });
@@ -87,6 +88,7 @@ impl Master {
         let Some(job) = self.jobs.remove(job_id) else {
             return;
         };
+        self.record_answer(&job, ok, body);
         if ok {
             self.totals.succeeded += 1;
             self.answer(job.client, &protocol::ok_line(&job.request_id, body));

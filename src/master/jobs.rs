@@ -20,6 +20,8 @@ pub struct Job {
     pub spec: Arc<JobSpec>,
     pub args: Box<RawValue>,
     pub timeout: Duration,
+    /// When it was accepted: its queue wait and its time in the service count from here.
+    pub accepted: Instant,
     /// Set while a worker runs it.
     pub running: Option<Running>,
     /// Already run once on a worker that died (`retry_on_worker_lost` allows one more run).

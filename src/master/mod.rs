@@ -11,6 +11,7 @@
 //! | SIGINT, SIGQUIT          | `handle_int`: fast stop                             | control    |
 //! | SIGHUP                   | `handle_hup`: reload, replace workers one by one    | control    |
 //! | SIGTTIN / SIGTTOU        | `handle_ttin` / `handle_ttou`: one worker more/less | scaling    |
+//! | `reload`/`stop`/`scale`  | `accept_admin`: the same actions, uid checked       | admin_requests |
 //! | SIGCHLD                  | (every turn) `reap_workers`                         | supervisor |
 //! | listener readable        | `accept_clients`: admitted, or refused and closed   | requests   |
 //! | client readable          | `read_requests`                                     | requests   |
@@ -18,12 +19,19 @@
 //! | timer                    | `murder_overdue_workers`: job past timeout + grace, | supervisor |
 //! |                          | boot past boot_timeout, idle worker without beats   |            |
 //! | timer                    | `close_idle_clients`                                | requests   |
+//! | timer                    | `warn_slow_jobs`: once per job past slow_job        | job_log    |
+//! | scrape listener readable | `accept_scrapers`: up to MAX_SCRAPERS, else 503     | metrics_http |
+//! | scraper readable         | `read_scrape`: answer /metrics, /healthz, errors    | metrics_http |
+//! | scraper writable         | `flush_scrape`, then linger until it closes         | metrics_http |
+//! | timer                    | `close_stale_scrapers`: past CONNECTION_DEADLINE    | metrics_http |
 //! | (every turn)             | `scale_to_load`: grow while jobs wait, shrink idle  | scaling    |
 //! | (every turn)             | `manage_workers`: spawn, replace stale, retire      | supervisor |
 //! | (every turn)             | `dispatch_jobs`                                     | dispatch   |
 //! | (every turn)             | `progress_stop`: the stop's next step when due      | control    |
+//! | (every turn)             | `answer_reloads`: once the new generation serves    | control    |
 //! | (every turn)             | `notify_systemd`: READY, STATUS, WATCHDOG when due  | status     |
 
+mod admin_requests;
 mod admission;
 mod channel;
 mod clients;
@@ -31,9 +39,12 @@ mod control;
 mod dispatch;
 mod durable;
 mod durable_requests;
+mod job_log;
+mod job_stats;
 mod jobs;
 mod keeper;
 mod listener;
+mod metrics_http;
 mod requests;
 mod scaling;
 mod signals;
@@ -60,8 +71,11 @@ use clients::{ClientId, Clients};
 use control::Control;
 use durable::Durable;
 use durable_requests::DurableRequests;
+use job_log::SlowJobs;
+use job_stats::JobStats;
 use jobs::Jobs;
 use listener::Listener;
+use metrics_http::{MetricsHttp, ScraperId};
 use scaling::Size;
 use signals::SignalPipe;
 use supervisor::Supervisor;
@@ -101,6 +115,9 @@ enum Event {
     WorkerWritable(usize),
     KeeperReadable,
     KeeperWritable,
+    ScraperConnecting,
+    ScraperReadable(ScraperId),
+    ScraperWritable(ScraperId),
 }
 
 pub struct Master {
@@ -123,6 +140,11 @@ pub struct Master {
     durable_requests: DurableRequests,
     started: Instant,
     totals: status::Totals,
+    /// Answers by job and outcome, run time and queue wait, for `/metrics`.
+    job_stats: JobStats,
+    slow_jobs: SlowJobs,
+    /// The HTTP scrape endpoint (`service.metrics_listen`; idle when off).
+    metrics_http: MetricsHttp,
     /// What systemd is told (nothing when not started by systemd).
     systemd: Notifier,
     /// The one buffer every client and channel read goes through: allocated once, so a
@@ -147,6 +169,8 @@ impl Master {
             Some(socket) => Listener::inherited(socket)?,
             None => Listener::bind(&config.service.socket, config.service.socket_mode)?,
         };
+        let metrics_http = MetricsHttp::listen(config.service.metrics_listen)?;
+        let job_stats = JobStats::for_jobs(catalog.names());
         let notifier = Notifier::from_env();
         let signals =
             SignalPipe::install().map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -158,6 +182,9 @@ impl Master {
             config.service.catalog.display(),
             catalog.names().count()
         );
+        if let Some(address) = config.service.metrics_listen {
+            info!("metrics on http://{address}/metrics");
+        }
         Ok(Master {
             size: Size::new(config.workers.count),
             config,
@@ -177,6 +204,9 @@ impl Master {
             durable_requests: DurableRequests::default(),
             started: Instant::now(),
             totals: status::Totals::default(),
+            job_stats,
+            slow_jobs: SlowJobs::default(),
+            metrics_http,
             systemd: notifier,
             scratch: vec![0; READ_BUFFER].into_boxed_slice(),
         })
@@ -191,6 +221,8 @@ impl Master {
             self.reap_workers();
             self.murder_overdue_workers();
             self.close_idle_clients();
+            self.warn_slow_jobs();
+            self.close_stale_scrapers();
             self.scale_to_load();
             self.manage_workers();
             self.tend_queue();
@@ -198,6 +230,7 @@ impl Master {
             self.dispatch_claims();
             self.end_due_result_waits();
             self.progress_stop();
+            self.answer_reloads();
             self.notify_systemd();
             if let Some(code) = self.finished() {
                 return code;
@@ -223,6 +256,9 @@ impl Master {
             Event::WorkerWritable(slot) => self.flush_worker(slot),
             Event::KeeperReadable => self.read_keeper(),
             Event::KeeperWritable => self.flush_keeper(),
+            Event::ScraperConnecting => self.accept_scrapers(),
+            Event::ScraperReadable(id) => self.read_scrape(id),
+            Event::ScraperWritable(id) => self.flush_scrape(id),
         }
     }
 
@@ -236,6 +272,8 @@ impl Master {
             Client(ClientId),
             Worker(usize),
             Keeper,
+            ScraperListener,
+            Scraper(ScraperId),
         }
         let timeout = self.next_timer().saturating_duration_since(Instant::now());
         let timeout = PollTimeout::try_from(timeout.min(MAX_WAIT)).unwrap_or(PollTimeout::ZERO);
@@ -276,6 +314,19 @@ impl Master {
             }
             fds.push(PollFd::new(keeper.channel.stream.as_fd(), flags));
             sources.push(Source::Keeper);
+        }
+        if let Some(listener) = self.metrics_http.listener() {
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            sources.push(Source::ScraperListener);
+        }
+        for (id, stream, writing) in self.metrics_http.connections() {
+            let flags = if writing {
+                PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(stream.as_fd(), flags));
+            sources.push(Source::Scraper(id));
         }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -319,6 +370,15 @@ impl Master {
                         events.push(Event::KeeperReadable);
                     }
                 }
+                Source::ScraperListener if readable => events.push(Event::ScraperConnecting),
+                Source::Scraper(id) => {
+                    if writable {
+                        events.push(Event::ScraperWritable(*id));
+                    }
+                    if readable {
+                        events.push(Event::ScraperReadable(*id));
+                    }
+                }
                 _ => {}
             }
         }
@@ -348,6 +408,9 @@ impl Master {
             self.durable.next_deadline(now, supervisor::KILL_GRACE),
             earliest_after(now, self.durable_requests.next_deadline()),
             earliest_after(now, self.systemd.next_deadline()),
+            self.slow_jobs
+                .next_deadline(&self.workers, &self.jobs, config.workers.slow_job),
+            self.metrics_http.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -1,6 +1,6 @@
 //! Client I/O and routing: accepting connections (admitted or refused), reading request
-//! lines, answering `ping`, `status` and `jobs` at once and handing `run` to dispatch,
-//! writing answers, closing idle clients.
+//! lines, answering `ping`, `status` and `jobs` at once, handing `run` to dispatch and the
+//! operator's ops to `admin_requests`, writing answers, closing idle clients.
 
 use std::time::Instant;
 
@@ -73,7 +73,7 @@ impl Master {
             return;
         }
         let awaiting = self.jobs.awaiting_clients();
-        idle.retain(|id| !awaiting.contains(id));
+        idle.retain(|id| !awaiting.contains(id) && !self.control.awaits(*id));
         for id in idle {
             if let Some(client) = self.clients.remove(id) {
                 info!(
@@ -116,7 +116,9 @@ impl Master {
     /// Closes a client that closed its sending side once it is owed nothing: every answer
     /// written, no job or durable request of its own in flight.
     pub(super) fn close_if_answered(&mut self, id: ClientId) {
-        let owed = self.jobs.awaiting_clients().contains(&id) || self.durable_requests.awaits(id);
+        let owed = self.jobs.awaiting_clients().contains(&id)
+            || self.durable_requests.awaits(id)
+            || self.control.awaits(id);
         if let Some(client) = self.clients.get_mut(id) {
             if client.read_closed && !client.wants_write() && !owed {
                 self.clients.remove(id);
@@ -186,6 +188,7 @@ impl Master {
             Op::Pause { queue, paused } => {
                 self.accept_queue_control(client, id, Some((queue, paused)))
             }
+            Op::Admin(admin) => self.accept_admin(client, id, admin),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The size: how many workers should serve. `workers.count` at start, moved by TTIN/TTOU
-//! within `count..=max`, and, with `workers.idle_timeout` set, grown under load and shrunk
+//! and the `scale` op within `count..=max` ([`bounded_target`]), and, with `workers.idle_timeout` set, grown under load and shrunk
 //! back when idle. The decision is [`plan`], a pure function unit-tested without a process.
 
 use std::time::{Duration, Instant};
@@ -71,6 +71,28 @@ pub fn plan(size: &Size, load: &Load, config: &WorkersConfig) -> Action {
     }
 }
 
+/// The operator's target `wanted` if it lies within `workers.count..=workers.max`, else why
+/// not: `count` is the floor the service starts with, `max` the ceiling that start-up
+/// checks against each database's `max_connections_budget`, so no scale passes the budget.
+pub fn bounded_target(wanted: i64, now: usize, config: &WorkersConfig) -> Result<usize, String> {
+    let (count, max) = (config.count, config.max);
+    let refused = |bound: String| Err(format!("cannot scale to {wanted} workers: {bound}"));
+    if wanted > max as i64 {
+        let at = if now == max { "already at" } else { "above" };
+        return refused(format!(
+            "{at} workers.max = {max}, the ceiling (kept within each database's \
+             max_connections_budget; raise it in the configuration and reload)"
+        ));
+    }
+    if wanted < count as i64 {
+        let at = if now == count { "already at" } else { "below" };
+        return refused(format!(
+            "{at} workers.count = {count}, the floor (lower it in the configuration and reload)"
+        ));
+    }
+    Ok(wanted as usize)
+}
+
 /// When a grown worker idle since `since` is due to retire.
 fn retire_at(since: Instant, idle_timeout: Duration) -> Instant {
     since + idle_timeout
@@ -115,32 +137,30 @@ fn longest_idle(workers: &WorkerTable) -> Option<(Instant, usize)> {
 
 impl Master {
     pub(super) fn handle_ttin(&mut self) {
-        let size = &mut self.size;
-        if size.target < self.config.workers.max {
-            size.target += 1;
-            if size.wanted() > self.config.workers.max {
-                // A worker grown under load becomes one of the operator's.
-                size.grown -= 1;
-            }
-            info!("SIGTTIN: {} workers", size.target);
-        } else {
-            warn!(
-                "SIGTTIN: already at workers.max = {}",
-                self.config.workers.max
-            );
-        }
+        self.scale_by_signal("SIGTTIN", 1);
     }
 
     pub(super) fn handle_ttou(&mut self) {
-        if self.size.target > self.config.workers.count {
-            self.size.target -= 1;
-            info!("SIGTTOU: {} workers", self.size.target);
-        } else {
-            warn!(
-                "SIGTTOU: already at workers.count = {}",
-                self.config.workers.count
-            );
+        self.scale_by_signal("SIGTTOU", -1);
+    }
+
+    fn scale_by_signal(&mut self, signal: &str, step: i64) {
+        match self.scale_to(self.size.target as i64 + step) {
+            Ok(target) => info!("{signal}: {target} workers"),
+            Err(refusal) => warn!("{signal}: {refusal}"),
         }
+    }
+
+    /// Sets the operator's target (TTIN, TTOU, the `scale` op) within [`bounded_target`];
+    /// `manage_workers` spawns or retires toward it. Workers grown under load count toward
+    /// it: a target that reaches them makes them the operator's.
+    pub(super) fn scale_to(&mut self, wanted: i64) -> Result<usize, String> {
+        let size = &mut self.size;
+        let target = bounded_target(wanted, size.target, &self.config.workers)?;
+        size.target = target;
+        let max = self.config.workers.max;
+        size.grown = size.grown.min(max.saturating_sub(target));
+        Ok(target)
     }
 
     /// Dynamic size (`workers.idle_timeout`): acts on [`plan`].
@@ -209,6 +229,29 @@ mod tests {
             longest_idle: None,
             now: Instant::now(),
         }
+    }
+
+    #[test]
+    fn a_target_stays_within_count_and_max_and_a_refusal_names_the_bound() {
+        let config = config(None);
+        assert_eq!(bounded_target(2, 3, &config), Ok(2));
+        assert_eq!(bounded_target(4, 3, &config), Ok(4));
+        let above = bounded_target(5, 4, &config).unwrap_err();
+        assert!(
+            above.starts_with("cannot scale to 5 workers: already at workers.max = 4"),
+            "{above}"
+        );
+        assert!(above.contains("max_connections_budget"), "{above}");
+        let far_above = bounded_target(9, 2, &config).unwrap_err();
+        assert!(far_above.contains("above workers.max = 4"), "{far_above}");
+        let below = bounded_target(1, 2, &config).unwrap_err();
+        assert!(
+            below.contains("already at workers.count = 2, the floor"),
+            "{below}"
+        );
+        assert!(bounded_target(-3, 3, &config)
+            .unwrap_err()
+            .contains("below workers.count = 2"));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! as raw JSON text and a worker's result is spliced into the answer as it came, so no result
 //! is decoded and re-encoded on its way through the master.
 
+mod admin_ops;
 mod durable_ops;
+
+pub use admin_ops::{Admin, Scale};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -32,10 +35,32 @@ pub enum ErrorKind {
     TooManyClients,
     /// No durable job has the id a `result` or `cancel` named.
     NotFound,
+    /// A `reload` found the configuration or the catalog wrong; the running one is kept.
+    InvalidConfig,
     Internal,
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order: counters per kind index by position here.
+    pub const ALL: [ErrorKind; 16] = [
+        ErrorKind::BadRequest,
+        ErrorKind::TooLarge,
+        ErrorKind::UnknownOp,
+        ErrorKind::UnknownJob,
+        ErrorKind::InvalidArgs,
+        ErrorKind::QueueFull,
+        ErrorKind::Timeout,
+        ErrorKind::WorkerLost,
+        ErrorKind::DbError,
+        ErrorKind::DbUnavailable,
+        ErrorKind::JobFailed,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Forbidden,
+        ErrorKind::TooManyClients,
+        ErrorKind::NotFound,
+        ErrorKind::Internal,
+    ];
+
     /// The kind's name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::TooManyClients => "too_many_clients",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidConfig => "invalid_config",
             ErrorKind::Internal => "internal",
         }
     }
@@ -127,6 +153,8 @@ pub enum Op {
         queue: String,
         paused: bool,
     },
+    /// `reload`, `stop`, `scale`: the operator's.
+    Admin(Admin),
 }
 
 /// A parsed request line.
@@ -161,6 +189,9 @@ const REQUEST_FIELDS: &[&str] = &[
     "unique_key",
     "job_id",
     "wait_ms",
+    "fast",
+    "workers",
+    "by",
 ];
 
 /// `"id": null`, for answers to a line whose id is unknown (unparsable, refused at connect).
@@ -247,6 +278,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 Err(message) => return Err(bad(id, message)),
             }
         }
+        "reload" | "stop" | "scale" => match admin_ops::parse(&op, &fields) {
+            Ok(admin) => Op::Admin(admin),
+            Err(message) => return Err(bad(id, message)),
+        },
         "status" => Op::Status,
         "ping" => Op::Ping,
         "jobs" => Op::Jobs,
@@ -256,7 +291,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
                 body: ErrorBody::new(
                     ErrorKind::UnknownOp,
                     format!(
-                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel, queues, pause, resume)"
+                    "unknown op `{other}` (ops: run, status, ping, jobs, enqueue, result, cancel, queues, pause, resume, reload, stop, scale)"
                 ),
                 ),
             })
@@ -298,6 +333,7 @@ fn op_fields(op: &Op) -> &'static [&'static str] {
         Op::Cancel { .. } => &["id", "op", "job_id"],
         Op::Queues => &["id", "op"],
         Op::Pause { .. } => &["id", "op", "queue"],
+        Op::Admin(admin) => admin.fields(),
     }
 }
 

@@ -151,3 +151,50 @@ fn durable_ops_parse_their_fields_and_refuse_another_ops_fields_by_name() {
     let (_, _, message) = rejected(r#"{"op":"enqueue","job":"a","max_attempts":0}"#);
     assert!(message.contains("max_attempts"), "{message}");
 }
+
+#[test]
+fn admin_ops_parse_their_fields_and_name_each_mistake() {
+    let op = |line: &str| parse_request(line.as_bytes()).map(|r| r.op);
+    let admin = |line: &str| match op(line) {
+        Ok(Op::Admin(admin)) => Some(admin),
+        _ => None,
+    };
+    assert_eq!(admin(r#"{"op":"reload"}"#), Some(Admin::Reload));
+    assert_eq!(admin(r#"{"op":"stop"}"#), Some(Admin::Stop { fast: false }));
+    assert_eq!(
+        admin(r#"{"op":"stop","fast":true}"#),
+        Some(Admin::Stop { fast: true })
+    );
+    assert_eq!(
+        admin(r#"{"op":"scale","workers":3}"#),
+        Some(Admin::Scale(Scale::To(3)))
+    );
+    assert_eq!(
+        admin(r#"{"op":"scale","by":-1}"#),
+        Some(Admin::Scale(Scale::By(-1)))
+    );
+    for (line, named) in [
+        (
+            r#"{"op":"stop","fast":"yes"}"#,
+            "`fast` must be true or false",
+        ),
+        (r#"{"op":"scale"}"#, "needs field `workers`"),
+        (
+            r#"{"op":"scale","workers":0}"#,
+            "`workers` must be a whole number of at least 1",
+        ),
+        (
+            r#"{"op":"scale","by":0}"#,
+            "`by` must be a non-zero integer",
+        ),
+        (r#"{"op":"scale","workers":2,"by":1}"#, "not both"),
+        (
+            r#"{"op":"reload","fast":true}"#,
+            "field `fast` does not go with this op",
+        ),
+    ] {
+        let (_, kind, message) = rejected(line);
+        assert_eq!(kind, ErrorKind::BadRequest, "{line}");
+        assert!(message.contains(named), "{line}: {message}");
+    }
+}

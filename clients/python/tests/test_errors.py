@@ -14,7 +14,7 @@ import forkpool
 from forkpool.errors import error_from_answer
 from harness import free_port, wait_until
 
-# DESIGN.md §5's closed set, plus `not_found` of the durable jobs.
+# DESIGN.md §5's closed set, with `not_found` of the durable jobs and `invalid_config` of reload.
 KINDS = {
     "bad_request": forkpool.BadRequest,
     "too_large": forkpool.TooLarge,
@@ -32,6 +32,7 @@ KINDS = {
     "too_many_clients": forkpool.TooManyClients,
     "internal": forkpool.Internal,
     "not_found": forkpool.NotFound,
+    "invalid_config": forkpool.InvalidConfig,
 }
 
 

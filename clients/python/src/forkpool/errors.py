@@ -35,6 +35,7 @@ __all__ = [
     "TooManyClients",
     "Internal",
     "NotFound",
+    "InvalidConfig",
     "Unreachable",
     "ConnectionLost",
     "CallTimeout",
@@ -162,7 +163,9 @@ class ShuttingDown(ServiceError):
 
 class Forbidden(ServiceError):
     """Neither this process's uid nor its primary gid is allowed (`service.allowed_uids`,
-    `service.allowed_gids`); the service closed the connection."""
+    `service.allowed_gids`): the service closed the connection. Or an operator's op
+    (`reload`, `stop`, `scale`) from a uid that is not in `service.admin_uids`: the
+    connection stays open."""
 
     kind = "forbidden"
 
@@ -183,6 +186,13 @@ class NotFound(ServiceError):
     """No durable job with that id."""
 
     kind = "not_found"
+
+
+class InvalidConfig(ServiceError):
+    """A `reload` found the configuration or the catalog wrong (`error["problems"]` lists
+    each problem); the running configuration is kept."""
+
+    kind = "invalid_config"
 
 
 class Unreachable(ForkpoolError):
@@ -224,7 +234,7 @@ _KINDS: Dict[str, Type[ServiceError]] = {
     cls.kind: cls
     for cls in (BadRequest, TooLarge, UnknownOp, UnknownJob, InvalidArgs, QueueFull, Timeout,
                 WorkerLost, DbError, DbUnavailable, JobFailed, ShuttingDown, Forbidden,
-                TooManyClients, Internal, NotFound)
+                TooManyClients, Internal, NotFound, InvalidConfig)
     if cls.kind is not None
 }
 

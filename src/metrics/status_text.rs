@@ -1,5 +1,6 @@
-//! `forkpool status --prometheus`: the `status` answer in the Prometheus text exposition
-//! format, for a node_exporter textfile collector or a scrape wrapper.
+//! The `status` answer in the Prometheus text exposition format: what `forkpool status
+//! --prometheus` prints (for a node_exporter textfile collector) and the first part of the
+//! master's own `/metrics` answer.
 //!
 //! Names follow Prometheus conventions: a `forkpool_` prefix, units in the name (`_bytes`,
 //! `_seconds`), `_total` on counters. Per-worker series are labelled by `slot` (stable across
@@ -8,54 +9,20 @@
 //! counter reset. Durable series (when durable jobs are on) are labelled by `queue` and
 //! `state`, or by `outcome`; the queue figures are the whole table's, shared by every host.
 
-use std::fmt::Write;
-
 use serde_json::Value;
 
+use super::exposition::Family;
 use super::{DURABLE_OUTCOMES, QUEUE_STATES};
 
 /// The worker states `status` reports; each gets a series, zero included, so a state that
 /// empties shows as 0 rather than vanishing.
 const WORKER_STATES: [&str; 5] = ["booting", "idle", "busy", "retiring", "stopping"];
 
-/// One metric family being written: its HELP and TYPE once, then its samples.
-struct Family<'a> {
-    out: &'a mut String,
-    name: &'static str,
-}
-
-impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        Family { out, name }
-    }
-
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
-        let _ = write!(self.out, "{}", self.name);
-        if !labels.is_empty() {
-            let pairs: Vec<String> = labels
-                .iter()
-                .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
-                .collect();
-            let _ = write!(self.out, "{{{}}}", pairs.join(","));
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-/// Label values escape backslash, double quote and newline (the exposition format's rule).
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 fn number(value: &Value) -> f64 {
     value.as_f64().unwrap_or(0.0)
 }
 
+/// Every series the `status` answer holds, as exposition text.
 pub fn render(status: &Value) -> String {
     let mut out = String::new();
     let empty = Vec::new();
