@@ -137,6 +137,21 @@ enum Command {
         #[command(flatten)]
         options: client::bench::BenchOptions,
     },
+    /// Try forkpool with one command: a private PostgreSQL in ./.forkpool-dev (kept between
+    /// runs), the service on it with the job files, until Ctrl-C.
+    #[command(after_help = example!("forkpool dev", "forkpool dev --fresh --workers ./my-jobs"))]
+    Dev {
+        /// The job files to serve.
+        #[arg(long, value_name = "DIR", default_value = "workers")]
+        workers: PathBuf,
+        /// Wipe ./.forkpool-dev first: a new cluster, nothing kept.
+        #[arg(long)]
+        fresh: bool,
+        /// Install the PostgreSQL server programs when they are missing
+        /// (scripts/install-postgres.sh: apt-get, through sudo unless root).
+        #[arg(long)]
+        install: bool,
+    },
     /// Validate the configuration and the job catalog.
     #[command(after_help = example!("forkpool check --db"))]
     Check {
@@ -358,6 +373,15 @@ pub fn main_with(service: Service) -> i32 {
             Err(code) => code,
         },
         Command::Check { file, db } => check(file.path(), db, &service),
+        Command::Dev {
+            workers,
+            fresh,
+            install,
+        } => crate::dev::run(&crate::dev::DevOptions {
+            workers,
+            fresh,
+            install,
+        }),
         Command::Bench { target, options } => match socket_path(&target) {
             Ok(socket) => client::bench::run(&socket, &options),
             Err(code) => code,

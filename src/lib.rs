@@ -45,6 +45,11 @@ mod client;
 #[doc(hidden)]
 pub mod config;
 pub(crate) mod databases;
+mod dev;
+// The private PostgreSQL cluster of `forkpool dev`, public only for the integration tests'
+// clusters (tests/support), which are the same code.
+#[doc(hidden)]
+pub mod devcluster;
 mod exit;
 pub mod handler;
 pub(crate) mod ipc;

@@ -357,7 +357,7 @@ fn os_user() -> Option<String> {
 }
 
 /// Quotes a value for libpq's key=value syntax when it needs it.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     if !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']) {
         return value.to_string();
     }

@@ -7,7 +7,7 @@
 
 mod budget;
 mod connection;
-mod conninfo;
+pub(crate) mod conninfo;
 mod endpoint;
 mod error;
 mod guard;

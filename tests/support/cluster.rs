@@ -20,7 +20,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard, Once, OnceLock, Weak};
@@ -527,13 +526,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (the kernel's choice for port 0, which
-/// never hands out 5432). The server may still lose a race for it: callers retry.
+/// A port on 127.0.0.1 that was free a moment ago; the server may still lose a race for it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding 127.0.0.1:0 to find a free port")
-        .port()
+    forkpool::devcluster::free_port().expect("binding 127.0.0.1:0 to find a free port")
 }
 
 /// Whether a process exists (a zombie counts; the postmaster reaps its backends promptly).

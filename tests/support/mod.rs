@@ -7,18 +7,19 @@
 //! helpers (and their re-exports) that only *other* binaries use.
 #![allow(dead_code, unused_imports)]
 
-mod binaries;
 mod certs;
 mod cluster;
 mod frozen;
 mod installation;
 mod own_database;
-mod postmaster;
 pub mod procfs;
 mod server_files;
 mod service;
 mod silent;
 mod tied;
+
+// Moved to the library, where `forkpool dev` uses them too (src/devcluster/).
+use forkpool::devcluster::{binaries, postmaster};
 
 pub use binaries::{default_search_path, find_server_bindir};
 pub use certs::{certificate_authority, server_certificate, CertifiedKey};

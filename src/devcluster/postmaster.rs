@@ -1,10 +1,12 @@
-//! The server process of a test cluster, run as a child of the test process.
+//! The server process of a private cluster, run as a child of the process that needs it
+//! (a test, or `forkpool dev`).
 //!
 //! Not daemonised with `pg_ctl start`: a daemon is re-parented to PID 1, and where PID 1 does
 //! not reap (some containers and sandboxes) every stopped cluster would leave a zombie. As
 //! our child it is reaped by `wait`, which is also how `stop` knows it has exited.
 
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +16,20 @@ use nix::unistd::Pid;
 
 use super::installation::Installation;
 
+/// A running postmaster, our child.
 pub struct Postmaster {
     child: Child,
+}
+
+/// Which signals reach the postmaster besides ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tie {
+    /// Our process group: a terminal's Ctrl-C reaches it with us (the tests' clusters).
+    SameGroup,
+    /// A process group of its own, so a terminal's Ctrl-C does not stop it before the
+    /// service that uses it; and a fast shutdown (SIGINT, the kernel's parent-death signal)
+    /// if we die without stopping it, so it is never left behind (`forkpool dev`).
+    OwnGroupStopsWithUs,
 }
 
 /// PostgreSQL's shutdown modes, as signals to the postmaster.
@@ -36,23 +50,42 @@ pub enum StartFailure {
 }
 
 impl Postmaster {
-    /// Starts `postgres -D data_dir`, appending its output to `log_file`, and waits until it
-    /// accepts connections or `patience` runs out.
+    /// Starts `postgres -D data_dir` in our process group, appending its output to
+    /// `log_file`, and waits until it accepts connections or `patience` runs out.
     pub fn start(
         install: &Installation,
         data_dir: &Path,
         log_file: &Path,
         patience: Duration,
     ) -> Result<Postmaster, StartFailure> {
-        let log = append_to(log_file);
+        Postmaster::start_tied(install, data_dir, log_file, patience, Tie::SameGroup)
+    }
+
+    /// [`Postmaster::start`], with the signals that reach it chosen by `tie`.
+    pub fn start_tied(
+        install: &Installation,
+        data_dir: &Path,
+        log_file: &Path,
+        patience: Duration,
+        tie: Tie,
+    ) -> Result<Postmaster, StartFailure> {
+        let log = append_to(log_file).map_err(StartFailure::Other)?;
         let log_before = fs::metadata(log_file).map(|m| m.len()).unwrap_or(0);
-        let child = install
-            .command("postgres")
+        let log_copy = log
+            .try_clone()
+            .map_err(|e| StartFailure::Other(format!("duplicating the log file handle: {e}")))?;
+        let mut command = install.command("postgres");
+        command
             .arg("-D")
             .arg(data_dir)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("duplicating the log file handle"))
-            .stderr(log)
+            .stdout(log_copy)
+            .stderr(log);
+        if tie == Tie::OwnGroupStopsWithUs {
+            command.process_group(0);
+            super::signal_when_parent_dies(&mut command, libc::SIGINT);
+        }
+        let child = command
             .spawn()
             .map_err(|e| StartFailure::Other(format!("running postgres: {e}")))?;
         let mut postmaster = Postmaster { child };
@@ -67,7 +100,7 @@ impl Postmaster {
                 return Err(if new_lines.contains("Address already in use") {
                     StartFailure::PortTaken
                 } else {
-                    StartFailure::Other(format!("postgres exited with {status}"))
+                    StartFailure::Other(format!("postgres exited with {status}: {new_lines}"))
                 });
             }
             if Instant::now() > deadline {
@@ -81,8 +114,14 @@ impl Postmaster {
         }
     }
 
+    /// The postmaster's process id.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Whether it has exited (reaping it if so): a server that stopped on its own.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Signals the shutdown and waits until the process has exited. Never panics: it also
@@ -108,10 +147,10 @@ impl Postmaster {
     }
 }
 
-fn append_to(path: &Path) -> File {
+fn append_to(path: &Path) -> Result<File, String> {
     OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .unwrap_or_else(|e| panic!("opening the server log {}: {e}", path.display()))
+        .map_err(|e| format!("opening the server log {}: {e}", path.display()))
 }

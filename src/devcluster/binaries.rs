@@ -3,6 +3,16 @@
 //! Client packages often ship `pg_config` and `psql` without the server, so a directory only
 //! counts when it holds all three server programs.
 
+/// Names the one directory to look in, instead of the search below: for an installation the
+/// search does not find, and for tests that simulate a machine without the server.
+pub const BINDIR_VARIABLE: &str = "FORKPOOL_PG_BINDIR";
+
+/// What `forkpool dev --install` and the error below point to: the Debian/Ubuntu package
+/// that holds the server programs, installed under `/usr/lib/postgresql/<version>/bin`.
+pub const INSTALL_HINT: &str =
+    "`bash scripts/install-postgres.sh` (or `apt-get install postgresql`; \
+`forkpool dev --install` runs the same steps)";
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,8 +20,12 @@ use std::process::Command;
 const SERVER_PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 
 /// Where to look, in order: `pg_config --bindir` (the installation the developer chose),
-/// each `PATH` entry, then Debian's `/usr/lib/postgresql/<version>/bin`, newest first.
+/// each `PATH` entry, then Debian's `/usr/lib/postgresql/<version>/bin`, newest first. Only
+/// `$FORKPOOL_PG_BINDIR` when that is set.
 pub fn default_search_path() -> Vec<PathBuf> {
+    if let Some(dir) = std::env::var_os(BINDIR_VARIABLE) {
+        return vec![PathBuf::from(dir)];
+    }
     let mut dirs = Vec::new();
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
         if output.status.success() {
@@ -44,9 +58,9 @@ pub fn find_server_bindir(search_path: &[PathBuf]) -> Result<PathBuf, String> {
                 .collect();
             format!(
                 "the PostgreSQL server programs ({}) were not found; searched: [{}]. \
-                 The tests start their own private PostgreSQL server: install one with \
-                 `bash scripts/install-postgres.sh` (or `apt-get install postgresql`), \
-                 or put the directory holding `initdb` on PATH",
+                 `forkpool dev` and the tests start a private PostgreSQL server of their own: \
+                 install the programs with {INSTALL_HINT}, or put the directory holding \
+                 `initdb` on PATH or in ${BINDIR_VARIABLE}",
                 SERVER_PROGRAMS.join(", "),
                 searched.join(", ")
             )
