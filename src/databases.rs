@@ -41,6 +41,8 @@ pub fn from_config(config: &Config) -> Result<Databases, Vec<String>> {
 fn spec(database: &DatabaseConfig) -> Result<DatabaseSpec, String> {
     let mut conninfo = ConnInfo::parse(&database.url)
         .map_err(|e| format!("url: {e}"))?
+        .with_service(|name| std::env::var(name).ok())
+        .map_err(|e| format!("url: {e}"))?
         .with_env(|name| std::env::var(name).ok());
     if let Some(path) = &database.password_file {
         conninfo = conninfo

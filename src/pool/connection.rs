@@ -2,7 +2,8 @@
 //! runtime (what `postgres::Client` builds internally, kept in pieces so that every
 //! operation is `block_on(timeout(..))` and nothing can hang), and its prepared statements.
 
-use super::endpoint::{connect_error_text, Endpoint, RawSocket};
+use super::conninfo::TargetSessionAttrs;
+use super::endpoint::{connect_error_text, Endpoint, Host, RawSocket};
 use super::error::Error;
 use super::notifications::{Inbox, Notification};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -76,6 +77,8 @@ pub(crate) struct Connection {
     /// What `LISTEN` brought; empty for a session that never listens.
     inbox: Arc<Inbox>,
     pub(crate) backend_pid: i32,
+    /// Which of the endpoint's hosts the session is with (a cancel request goes there).
+    pub(crate) host: usize,
     /// Creation order: a failed ping invalidates every connection with a lower id.
     pub(crate) id: u64,
     /// When max_lifetime (minus this connection's jitter) is reached.
@@ -88,8 +91,10 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Opens a session, bounded as a whole (socket, TLS, authentication) by connect_timeout,
-    /// and by `window_ends` when that comes first: a checkout's own deadline, which one slow
+    /// Opens a session to the first acceptable host (see [`Endpoint::hosts`] and
+    /// `target_session_attrs`), libpq's way: hosts in order, each attempt (socket, TLS,
+    /// authentication, the check of the session's attributes) bounded by connect_timeout,
+    /// and all of them by `window_ends` when given: a checkout's own deadline, which one slow
     /// attempt must not overrun.
     pub(crate) fn open(
         endpoint: &Endpoint,
@@ -98,73 +103,69 @@ impl Connection {
         window_ends: Option<Instant>,
     ) -> Result<Connection, String> {
         let started = Instant::now();
-        let connect_deadline = started + endpoint.connect_timeout;
-        let deadline = window_ends.map_or(connect_deadline, |end| end.min(connect_deadline));
         let (runtime, runtime_fds) = build_runtime()?;
-        let socket = endpoint.open_socket(deadline)?;
-        let socket_fd = match &socket {
-            RawSocket::Tcp(s) => s.as_raw_fd(),
-            RawSocket::Unix(s) => s.as_raw_fd(),
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let inbox = Arc::new(Inbox::default());
-        let startup = async {
-            let (client, task) = endpoint.start_session(socket, &inbox).await?;
-            let rows = client
-                .simple_query("SELECT pg_backend_pid()")
-                .await
-                .map_err(|e| connect_error_text(&e))?;
-            let backend_pid = rows
-                .iter()
-                .find_map(|message| match message {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
-                    _ => None,
-                })
-                .ok_or("the server did not report its backend pid")?;
-            Ok::<_, String>((client, task, backend_pid))
-        };
-        let (client, task, backend_pid) = match bounded(&runtime, remaining, startup) {
-            Ok(result) => result?,
-            Err(_) if deadline < connect_deadline => {
-                return Err(format!(
-                    "no answer from the server within {}, what was left of checkout_timeout \
-                     (TLS or authentication stalled)",
-                    humantime::format_duration(Duration::from_millis(
-                        (deadline - started).as_millis() as u64
-                    ))
-                ))
+        let attrs = endpoint.target_session_attrs;
+        // prefer-standby: a first pass for a standby, then any server will do.
+        let passes: &[TargetSessionAttrs] = match attrs {
+            TargetSessionAttrs::PreferStandby => {
+                &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any]
             }
-            Err(_) => {
-                return Err(format!(
-                    "no answer from the server within connect_timeout {} (TLS or authentication stalled)",
-                    humantime::format_duration(endpoint.connect_timeout)
-                ))
-            }
+            _ => std::slice::from_ref(&attrs),
         };
-        let now = Instant::now();
-        log::debug!(
-            target: "forkpool::pool",
-            "connect {} backend pid {backend_pid} in {:?}",
-            endpoint.description,
-            now - started
-        );
-        Ok(Connection {
-            client,
-            task,
-            runtime,
-            socket_fd,
-            runtime_fds,
-            statements: HashMap::new(),
-            inbox,
-            backend_pid,
-            id,
-            expires: lifetime.map(|l| now + l),
-            last_used: now,
-            interrupted: false,
-            broken: false,
-        })
+        let mut failures = Vec::new();
+        for wanted in passes {
+            for (index, host) in endpoint.hosts.iter().enumerate() {
+                if window_ends.is_some_and(|end| Instant::now() >= end) {
+                    break;
+                }
+                let attempt = Attempt {
+                    endpoint,
+                    host,
+                    runtime: &runtime,
+                    window_ends,
+                };
+                match attempt.run(*wanted) {
+                    Ok(session) => {
+                        let now = Instant::now();
+                        log::debug!(
+                            target: "forkpool::pool",
+                            "connect {} ({}) backend pid {} in {:?}",
+                            endpoint.description,
+                            host.name,
+                            session.backend_pid,
+                            now - started
+                        );
+                        return Ok(Connection {
+                            client: session.client,
+                            task: session.task,
+                            runtime,
+                            socket_fd: session.socket_fd,
+                            runtime_fds,
+                            statements: HashMap::new(),
+                            inbox: session.inbox,
+                            backend_pid: session.backend_pid,
+                            host: index,
+                            id,
+                            expires: lifetime.map(|l| now + l),
+                            last_used: now,
+                            interrupted: false,
+                            broken: false,
+                        });
+                    }
+                    Err(why) => failures.push(format!("{}: {why}", host.name)),
+                }
+            }
+        }
+        if endpoint.hosts.len() == 1 {
+            let only = failures.pop().unwrap_or_default();
+            let why = only.split_once(": ").map_or(only.as_str(), |(_, why)| why);
+            return Err(why.to_string());
+        }
+        if failures.is_empty() {
+            failures.push("what was left of checkout_timeout ran out before any host".into());
+        }
+        Err(failures.join("; "))
     }
-
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|at| now >= at)
     }
@@ -242,7 +243,8 @@ impl Connection {
             }
             Err(_elapsed) => {
                 self.interrupted = true;
-                endpoint.cancel(&self.runtime, &self.client.cancel_token());
+                let host = &endpoint.hosts[self.host];
+                endpoint.cancel(host, &self.runtime, &self.client.cancel_token());
                 Err(RunError::TimedOut)
             }
         }
@@ -265,14 +267,24 @@ impl Connection {
         Ok(statement)
     }
 
-    /// A simple query "" bounded by connect_timeout: one round trip proves the session lives.
-    pub(crate) fn ping(&mut self, endpoint: &Endpoint) -> Result<(), String> {
-        match self.run(endpoint, Some(endpoint.connect_timeout), |c| {
-            c.simple_query("")
-        }) {
+    /// A simple query "" bounded by connect_timeout, and by `window_ends` when that comes
+    /// first (a checkout's deadline: a frozen server must not stretch the checkout past
+    /// it): one round trip proves the session lives.
+    pub(crate) fn ping(
+        &mut self,
+        endpoint: &Endpoint,
+        window_ends: Option<Instant>,
+    ) -> Result<(), PingError> {
+        let own_limit = endpoint.connect_timeout;
+        let left = window_ends.map(|end| end.saturating_duration_since(Instant::now()));
+        let limit = left.map_or(own_limit, |left| left.min(own_limit));
+        match self.run(endpoint, Some(limit), |c| c.simple_query("")) {
             Ok(_) => Ok(()),
-            Err(RunError::Failed(e)) => Err(e.to_string()),
-            Err(RunError::TimedOut) => Err("no answer within connect_timeout".to_string()),
+            Err(RunError::Failed(e)) => Err(PingError::Failed(e.to_string())),
+            Err(RunError::TimedOut) if limit < own_limit => Err(PingError::WindowEnded),
+            Err(RunError::TimedOut) => Err(PingError::Failed(
+                "no answer within connect_timeout".to_string(),
+            )),
         }
     }
 
@@ -343,6 +355,117 @@ impl Connection {
             }
         }
         std::mem::forget(self);
+    }
+}
+
+/// How a ping failed: the session is dead, or the checkout's window ended first (the
+/// session may be alive, merely slow).
+pub(crate) enum PingError {
+    Failed(String),
+    WindowEnded,
+}
+
+/// One connect attempt to one host, within what is left of connect_timeout and the window.
+struct Attempt<'a> {
+    endpoint: &'a Endpoint,
+    host: &'a Host,
+    runtime: &'a Runtime,
+    window_ends: Option<Instant>,
+}
+
+/// A session opened and accepted, before it becomes a [`Connection`].
+struct Session {
+    client: Client,
+    task: JoinHandle<()>,
+    socket_fd: RawFd,
+    inbox: Arc<Inbox>,
+    backend_pid: i32,
+}
+
+/// The one query run on every new session: its backend pid (for cancel and logs), and what
+/// `target_session_attrs` looks at, in the same round trip.
+const SESSION_FACTS: &str =
+    "SELECT pg_backend_pid(), current_setting('transaction_read_only'), pg_is_in_recovery()";
+
+impl Attempt<'_> {
+    fn run(&self, wanted: TargetSessionAttrs) -> Result<Session, String> {
+        let started = Instant::now();
+        let connect_deadline = started + self.endpoint.connect_timeout;
+        let deadline = self
+            .window_ends
+            .map_or(connect_deadline, |end| end.min(connect_deadline));
+        let socket = self.endpoint.open_socket(self.host, deadline)?;
+        let socket_fd = match &socket {
+            RawSocket::Tcp(s) => s.as_raw_fd(),
+            RawSocket::Unix(s) => s.as_raw_fd(),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let inbox = Arc::new(Inbox::default());
+        let startup = async {
+            let (client, task) = self
+                .endpoint
+                .start_session(self.host, socket, &inbox)
+                .await?;
+            let facts = client
+                .simple_query(SESSION_FACTS)
+                .await
+                .map_err(|e| connect_error_text(&e))?;
+            let row = facts
+                .iter()
+                .find_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                        row.get(0).and_then(|pid| pid.parse::<i32>().ok()),
+                        row.get(1) == Some("on"),
+                        row.get(2) == Some("t"),
+                    )),
+                    _ => None,
+                })
+                .ok_or("the server did not report its backend pid")?;
+            let backend_pid = row.0.ok_or("the server did not report its backend pid")?;
+            Ok::<_, String>((client, task, backend_pid, row.1, row.2))
+        };
+        let (client, task, backend_pid, read_only, in_recovery) =
+            match bounded(self.runtime, remaining, startup) {
+                Ok(result) => result?,
+                Err(_) if deadline < connect_deadline => {
+                    return Err(format!(
+                        "no answer from the server within {}, what was left of \
+                         checkout_timeout (TLS or authentication stalled)",
+                        humantime::format_duration(Duration::from_millis(
+                            (deadline - started).as_millis() as u64
+                        ))
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no answer from the server within connect_timeout {} (TLS or \
+                         authentication stalled)",
+                        humantime::format_duration(self.endpoint.connect_timeout)
+                    ))
+                }
+            };
+        let refusal = match wanted {
+            TargetSessionAttrs::ReadWrite if read_only => Some("read-only"),
+            TargetSessionAttrs::ReadOnly if !read_only => Some("not read-only"),
+            TargetSessionAttrs::Primary if in_recovery => Some("a standby"),
+            TargetSessionAttrs::Standby if !in_recovery => Some("not a standby"),
+            _ => None,
+        };
+        if let Some(what) = refusal {
+            drop(client);
+            let _ = bounded(self.runtime, TERMINATE_WAIT, task);
+            return Err(format!(
+                "session is {what} (target_session_attrs={})",
+                wanted.as_str()
+            ));
+        }
+        Ok(Session {
+            client,
+            task,
+            socket_fd,
+            inbox,
+            backend_pid,
+        })
     }
 }
 

@@ -51,10 +51,12 @@ impl SslMode {
 /// filled by [`ConnInfo::with_env`]; the pool fills any gap left then with libpq's defaults.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConnInfo {
-    /// `host`: a host name, an IP address, or a Unix-socket directory (starts with `/`).
+    /// `host`: a host name, an IP address, or a Unix-socket directory (starts with `/`); or
+    /// several, comma-separated, tried in order as libpq does (see `target_session_attrs`).
     pub host: Option<String>,
-    /// `port`: also names the Unix socket file `<host>/.s.PGSQL.<port>`.
-    pub port: Option<u16>,
+    /// `port`: also names the Unix socket file `<host>/.s.PGSQL.<port>`. With several hosts,
+    /// one port for all or one per host (comma-separated; an empty one is 5432).
+    pub port: Option<String>,
     pub user: Option<String>,
     /// Never shown by `Debug`, `Display` or any error.
     pub password: Option<String>,
@@ -62,11 +64,75 @@ pub struct ConnInfo {
     pub sslmode: Option<SslMode>,
     /// `sslrootcert`: PEM file of the CA(s) that may sign the server's certificate.
     pub sslrootcert: Option<String>,
+    /// `sslcert`: PEM client certificate, sent when the server asks for one (default
+    /// `~/.postgresql/postgresql.crt`, if that file exists).
+    pub sslcert: Option<String>,
+    /// `sslkey`: the client certificate's private key (default `~/.postgresql/postgresql.key`).
+    pub sslkey: Option<String>,
+    /// `passfile`: where to look up a password not given otherwise (default `~/.pgpass`).
+    pub passfile: Option<String>,
+    /// `service`: a section of the service file whose keys fill what the string left out.
+    pub service: Option<String>,
+    /// `target_session_attrs`: which of several hosts is acceptable.
+    pub target_session_attrs: Option<TargetSessionAttrs>,
     pub application_name: Option<String>,
     /// `connect_timeout` in seconds, as libpq; the pool's own `connect_timeout` applies when absent.
     pub connect_timeout: Option<Duration>,
     /// `options`: command-line options sent to the server at startup (`-c name=value`).
     pub options: Option<String>,
+}
+
+/// libpq's `target_session_attrs`: with several hosts, the first (in order) whose session
+/// has these properties is used; the others are closed and the next host is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    /// Any server that accepts the connection (the default).
+    Any,
+    /// `SHOW transaction_read_only` is off: a primary not in default read-only mode.
+    ReadWrite,
+    /// `SHOW transaction_read_only` is on.
+    ReadOnly,
+    /// `pg_is_in_recovery()` is false.
+    Primary,
+    /// `pg_is_in_recovery()` is true.
+    Standby,
+    /// A standby if any host is one, else any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    fn parse(value: &str) -> Result<TargetSessionAttrs, Error> {
+        match value {
+            "any" => Ok(TargetSessionAttrs::Any),
+            "read-write" => Ok(TargetSessionAttrs::ReadWrite),
+            "read-only" => Ok(TargetSessionAttrs::ReadOnly),
+            "primary" => Ok(TargetSessionAttrs::Primary),
+            "standby" => Ok(TargetSessionAttrs::Standby),
+            "prefer-standby" => Ok(TargetSessionAttrs::PreferStandby),
+            other => Err(Error::Config(format!(
+                "invalid target_session_attrs {other:?}: use any, read-write, read-only, \
+                 primary, standby or prefer-standby"
+            ))),
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+/// One host to try: where, and the port. Unix-socket directories start with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostPort {
+    pub(crate) host: String,
+    pub(crate) port: u16,
 }
 
 const ENV_KEYS: &[(&str, &str)] = &[
@@ -77,6 +143,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("PGPASSWORD", "password"),
     ("PGSSLMODE", "sslmode"),
     ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGSSLCERT", "sslcert"),
+    ("PGSSLKEY", "sslkey"),
+    ("PGPASSFILE", "passfile"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
     ("PGAPPNAME", "application_name"),
     ("PGCONNECT_TIMEOUT", "connect_timeout"),
 ];
@@ -140,14 +210,8 @@ impl ConnInfo {
     /// The host, or libpq's default socket directory.
     pub(crate) fn fill_defaults(&mut self) {
         if self.host.is_none() {
-            let dir = if Path::new("/var/run/postgresql").is_dir() {
-                "/var/run/postgresql"
-            } else {
-                "/tmp"
-            };
-            self.host = Some(dir.to_string());
+            self.host = Some(default_socket_dir().to_string());
         }
-        self.port.get_or_insert(5432);
         if self.user.is_none() {
             self.user = os_user();
         }
@@ -157,12 +221,45 @@ impl ConnInfo {
         self.sslmode.get_or_insert(SslMode::Prefer);
     }
 
-    /// True when `host` names a Unix-socket directory rather than a TCP host.
+    /// True when `host` names Unix-socket directories only, no TCP host.
     pub(crate) fn is_unix_socket(&self) -> bool {
-        self.host.as_deref().is_some_and(|h| h.starts_with('/'))
+        self.host
+            .as_deref()
+            .is_some_and(|h| h.split(',').all(|h| h.trim().starts_with('/')))
     }
 
-    fn is_set(&self, key: &str) -> bool {
+    /// The hosts to try, in order, each with its port: libpq's pairing of the `host` and
+    /// `port` lists (one port for every host, or one per host). An empty host is the default
+    /// socket directory, an empty port 5432.
+    pub(crate) fn hosts(&self) -> Result<Vec<HostPort>, Error> {
+        let hosts: Vec<&str> = self.host.as_deref().unwrap_or("").split(',').collect();
+        let ports: Vec<&str> = self.port.as_deref().unwrap_or("").split(',').collect();
+        if ports.len() != 1 && ports.len() != hosts.len() {
+            return Err(Error::Config(format!(
+                "could not match {} port numbers to {} hosts: give one port for all hosts or \
+                 one per host",
+                ports.len(),
+                hosts.len()
+            )));
+        }
+        let mut list = Vec::with_capacity(hosts.len());
+        for (i, host) in hosts.iter().enumerate() {
+            let port = ports[if ports.len() == 1 { 0 } else { i }].trim();
+            let port = if port.is_empty() {
+                5432
+            } else {
+                parse_port(port)?
+            };
+            let host = match host.trim() {
+                "" => default_socket_dir().to_string(),
+                host => host.to_string(),
+            };
+            list.push(HostPort { host, port });
+        }
+        Ok(list)
+    }
+
+    pub(super) fn is_set(&self, key: &str) -> bool {
         match key {
             "host" => self.host.is_some(),
             "port" => self.port.is_some(),
@@ -171,6 +268,11 @@ impl ConnInfo {
             "dbname" => self.dbname.is_some(),
             "sslmode" => self.sslmode.is_some(),
             "sslrootcert" => self.sslrootcert.is_some(),
+            "sslcert" => self.sslcert.is_some(),
+            "sslkey" => self.sslkey.is_some(),
+            "passfile" => self.passfile.is_some(),
+            "service" => self.service.is_some(),
+            "target_session_attrs" => self.target_session_attrs.is_some(),
             "application_name" => self.application_name.is_some(),
             "connect_timeout" => self.connect_timeout.is_some(),
             "options" => self.options.is_some(),
@@ -178,19 +280,27 @@ impl ConnInfo {
         }
     }
 
-    fn set(&mut self, key: &str, value: String) -> Result<(), Error> {
+    pub(super) fn set(&mut self, key: &str, value: String) -> Result<(), Error> {
         match key {
             "host" => self.host = Some(value),
             "port" => {
-                self.port = Some(value.parse().map_err(|_| {
-                    Error::Config(format!("invalid port {value:?}: expected a number 1-65535"))
-                })?)
+                for port in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    parse_port(port)?;
+                }
+                self.port = Some(value)
             }
             "user" => self.user = Some(value),
             "password" => self.password = Some(value),
             "dbname" => self.dbname = Some(value),
             "sslmode" => self.sslmode = Some(SslMode::parse(&value)?),
             "sslrootcert" => self.sslrootcert = Some(value),
+            "sslcert" => self.sslcert = Some(value),
+            "sslkey" => self.sslkey = Some(value),
+            "passfile" => self.passfile = Some(value),
+            "service" => self.service = Some(value),
+            "target_session_attrs" => {
+                self.target_session_attrs = Some(TargetSessionAttrs::parse(&value)?)
+            }
             "application_name" => self.application_name = Some(value),
             "connect_timeout" => {
                 let seconds: u64 = value.parse().map_err(|_| {
@@ -204,7 +314,8 @@ impl ConnInfo {
             other => {
                 return Err(Error::Config(format!(
                     "unsupported connection option {other:?}: use host, port, user, password, \
-                     dbname, sslmode, sslrootcert, application_name, connect_timeout or options"
+                     dbname, sslmode, sslrootcert, sslcert, sslkey, passfile, service, \
+                     target_session_attrs, application_name, connect_timeout or options"
                 )))
             }
         }
@@ -234,25 +345,18 @@ impl ConnInfo {
             }
             None => authority,
         };
-        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| {
-                Error::Config("invalid host in URL: an IPv6 address needs a closing ']'".into())
-            })?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match host_port.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (host_port, None),
-            }
-        };
-        if host.contains(',') {
-            return Err(Error::Config(
-                "invalid host in URL: several hosts are not supported; name one".into(),
-            ));
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        for spec in host_port.split(',') {
+            let (host, port) = split_host_port(spec)?;
+            hosts.push(percent_decode(host, "host")?);
+            ports.push(port.unwrap_or("").to_string());
         }
-        self.set_nonempty("host", percent_decode(host, "host")?)?;
-        if let Some(port) = port.filter(|p| !p.is_empty()) {
-            self.set("port", port.to_string())?;
+        if hosts.iter().any(|h| !h.is_empty()) {
+            self.set("host", hosts.join(","))?;
+        }
+        if ports.iter().any(|p| !p.is_empty()) {
+            self.set("port", ports.join(","))?;
         }
         if let Some(dbname) = path {
             self.set_nonempty("dbname", percent_decode(dbname, "dbname")?)?;
@@ -275,6 +379,38 @@ impl ConnInfo {
             return Ok(());
         }
         self.set(key, value)
+    }
+}
+
+/// One `host[:port]` of a URL's host list; an IPv6 address is bracketed.
+fn split_host_port(spec: &str) -> Result<(&str, Option<&str>), Error> {
+    if let Some(bracketed) = spec.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').ok_or_else(|| {
+            Error::Config("invalid host in URL: an IPv6 address needs a closing ']'".into())
+        })?;
+        Ok((host, after.strip_prefix(':')))
+    } else {
+        Ok(match spec.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (spec, None),
+        })
+    }
+}
+
+fn parse_port(port: &str) -> Result<u16, Error> {
+    port.parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Error::Config(format!("invalid port {port:?}: expected a number 1-65535")))
+}
+
+/// libpq's default socket directory: `/var/run/postgresql` where it exists (Debian's build),
+/// else `/tmp` (the upstream default).
+pub(crate) fn default_socket_dir() -> &'static str {
+    if Path::new("/var/run/postgresql").is_dir() {
+        "/var/run/postgresql"
+    } else {
+        "/tmp"
     }
 }
 
@@ -374,7 +510,7 @@ impl fmt::Display for ConnInfo {
             }
         };
         push("host", self.host.clone());
-        push("port", self.port.map(|p| p.to_string()));
+        push("port", self.port.clone());
         push("user", self.user.clone());
         push(
             "password",
@@ -383,6 +519,14 @@ impl fmt::Display for ConnInfo {
         push("dbname", self.dbname.clone());
         push("sslmode", self.sslmode.map(|m| m.as_str().into()));
         push("sslrootcert", self.sslrootcert.clone());
+        push("sslcert", self.sslcert.clone());
+        push("sslkey", self.sslkey.clone());
+        push("passfile", self.passfile.clone());
+        push("service", self.service.clone());
+        push(
+            "target_session_attrs",
+            self.target_session_attrs.map(|t| t.as_str().into()),
+        );
         push("application_name", self.application_name.clone());
         push(
             "connect_timeout",

@@ -2,9 +2,10 @@
 //! `sslmode` says, and the startup packet, built once per pool from its conninfo.
 
 use super::connection::bounded;
-use super::conninfo::ConnInfo;
+use super::conninfo::{ConnInfo, HostPort, TargetSessionAttrs};
 use super::error::{describe, Error};
 use super::notifications::{drive, Inbox};
+use super::passfile;
 use super::settings::PoolSettings;
 use super::tls::TlsPolicy;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -21,14 +22,26 @@ use tokio_postgres::{CancelToken, Client};
 
 /// Where and how to connect: built once per pool from its conninfo and settings.
 pub(crate) struct Endpoint {
-    target: Target,
-    /// user, password, dbname, options, application_name, sslmode for the startup packet.
+    /// The hosts, tried in this order at each connect.
+    pub(crate) hosts: Vec<Host>,
+    /// user, dbname, options, application_name, sslmode for the startup packet; the
+    /// password is each host's.
     startup: tokio_postgres::Config,
     tls: TlsPolicy,
     pub(crate) connect_timeout: Duration,
-    /// `host:port/dbname as user`, for logs and errors; never the password.
+    pub(crate) target_session_attrs: TargetSessionAttrs,
+    /// `host:port[,host:port…]/dbname as user`, for logs and errors; never the password.
     pub(crate) description: String,
     pub(crate) database: String,
+}
+
+/// One host of the conninfo: where to connect, and the password for it (given, or found
+/// in the password file for this host and port).
+pub(crate) struct Host {
+    target: Target,
+    password: Option<String>,
+    /// `host:port`, for logs and errors.
+    pub(crate) name: String,
 }
 
 enum Target {
@@ -47,25 +60,42 @@ impl Endpoint {
         let mut info = info.clone();
         info.fill_defaults();
         let tls = TlsPolicy::for_conninfo(&info)?;
-        let host = info.host.clone().unwrap_or_default();
-        let port = info.port.unwrap_or(5432);
-        let target = if info.is_unix_socket() {
-            Target::Unix {
-                path: PathBuf::from(&host).join(format!(".s.PGSQL.{port}")),
-            }
-        } else {
-            Target::Tcp {
-                host: host.clone(),
-                port,
-            }
-        };
-        let mut startup = tokio_postgres::Config::new();
         let user = info.user.clone().unwrap_or_default();
         let database = info.dbname.clone().unwrap_or_default();
+        let passfile = passfile::path(info.passfile.as_deref());
+        let given_password = info.password.clone().filter(|p| !p.is_empty());
+        let hosts: Vec<Host> = info
+            .hosts()?
+            .into_iter()
+            .map(|HostPort { host, port }| {
+                let password = given_password.clone().or_else(|| {
+                    let lookup = passfile::Lookup {
+                        host: &host,
+                        port,
+                        dbname: &database,
+                        user: &user,
+                    };
+                    passfile::password(passfile.as_deref()?, &lookup)
+                });
+                let target = if host.starts_with('/') {
+                    Target::Unix {
+                        path: PathBuf::from(&host).join(format!(".s.PGSQL.{port}")),
+                    }
+                } else {
+                    Target::Tcp {
+                        host: host.clone(),
+                        port,
+                    }
+                };
+                Host {
+                    target,
+                    password,
+                    name: format!("{host}:{port}"),
+                }
+            })
+            .collect();
+        let mut startup = tokio_postgres::Config::new();
         startup.user(&user).dbname(&database).ssl_mode(tls.mode);
-        if let Some(password) = &info.password {
-            startup.password(password.as_bytes());
-        }
         startup.application_name(
             info.application_name
                 .clone()
@@ -81,20 +111,22 @@ impl Endpoint {
         if !options.is_empty() {
             startup.options(options);
         }
+        let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
         Ok(Endpoint {
-            target,
+            description: format!("{}/{database} as {user}", names.join(",")),
+            hosts,
             startup,
             tls,
             connect_timeout: info.connect_timeout.unwrap_or(settings.connect_timeout),
-            description: format!("{host}:{port}/{database} as {user}"),
+            target_session_attrs: info.target_session_attrs.unwrap_or(TargetSessionAttrs::Any),
             database,
         })
     }
 
     /// Opens the socket (each resolved address in turn), bounded by `deadline`. DNS runs
     /// here, on the caller's thread, never inside tokio (it would start a blocking pool).
-    pub(super) fn open_socket(&self, deadline: Instant) -> Result<RawSocket, String> {
-        match &self.target {
+    pub(super) fn open_socket(&self, host: &Host, deadline: Instant) -> Result<RawSocket, String> {
+        match &host.target {
             Target::Unix { path } => UnixStream::connect(path)
                 .map(RawSocket::Unix)
                 .map_err(|e| format!("cannot connect to socket {}: {e}", path.display())),
@@ -123,48 +155,58 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn tls_host(&self) -> &str {
-        match &self.target {
+    fn tls_host(host: &Host) -> &str {
+        match &host.target {
             Target::Tcp { host, .. } => host,
             Target::Unix { .. } => "",
         }
     }
 
-    /// Runs `startup` (TLS + authentication) over `socket` and spawns the connection task.
+    /// Runs `startup` (TLS + authentication) over `socket`, opened to `host`, and spawns
+    /// the connection task.
     pub(super) async fn start_session(
         &self,
+        host: &Host,
         socket: RawSocket,
         inbox: &Arc<Inbox>,
     ) -> Result<(Client, JoinHandle<()>), String> {
+        let mut startup = self.startup.clone();
+        if let Some(password) = &host.password {
+            startup.password(password.as_bytes());
+        }
+        let startup = &mut startup;
         match socket {
             RawSocket::Unix(stream) => {
                 stream.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
-                spawn_session(&self.startup, stream, NoTls, inbox).await
+                // Unix sockets never use TLS, whatever sslmode says (libpq too).
+                startup.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                spawn_session(startup, stream, NoTls, inbox).await
             }
             RawSocket::Tcp(stream) => {
                 stream.set_nonblocking(true).map_err(|e| e.to_string())?;
                 let stream = tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())?;
                 match &self.tls.connector {
-                    None => spawn_session(&self.startup, stream, NoTls, inbox).await,
+                    None => spawn_session(startup, stream, NoTls, inbox).await,
                     Some(make) => {
                         let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
                             &mut make.clone(),
-                            self.tls_host(),
+                            Endpoint::tls_host(host),
                         )
                         .map_err(|e| format!("cannot set up TLS: {e}"))?;
-                        spawn_session(&self.startup, stream, tls, inbox).await
+                        spawn_session(startup, stream, tls, inbox).await
                     }
                 }
             }
         }
     }
 
-    /// Sends a cancel request for `token` over a fresh socket with the same TLS mode,
-    /// bounded by connect_timeout. Best effort: the caller discards or resets anyway.
-    pub(crate) fn cancel(&self, runtime: &Runtime, token: &CancelToken) {
+    /// Sends a cancel request for `token` to `host` (the session's) over a fresh socket
+    /// with the same TLS mode, bounded by connect_timeout. Best effort: the caller discards
+    /// or resets anyway.
+    pub(crate) fn cancel(&self, host: &Host, runtime: &Runtime, token: &CancelToken) {
         let deadline = Instant::now() + self.connect_timeout;
-        let socket = match self.open_socket(deadline) {
+        let socket = match self.open_socket(host, deadline) {
             Ok(socket) => socket,
             Err(e) => {
                 log::debug!(target: "forkpool::pool", "cancel request to {} failed: {e}", self.description);
@@ -195,7 +237,7 @@ impl Endpoint {
                         Some(make) => {
                             let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
                                 &mut make.clone(),
-                                self.tls_host(),
+                                Endpoint::tls_host(host),
                             )
                             .map_err(|e| e.to_string())?;
                             token

@@ -12,15 +12,17 @@ mod endpoint;
 mod error;
 mod guard;
 mod notifications;
+mod passfile;
 #[allow(clippy::module_inception)]
 mod pool;
+mod service_file;
 mod settings;
 mod state;
 mod stats;
 mod tls;
 
 pub use budget::check_connection_budget;
-pub use conninfo::{ConnInfo, SslMode};
+pub use conninfo::{ConnInfo, SslMode, TargetSessionAttrs};
 pub use error::{DbError, Error};
 pub use guard::PooledConnection;
 pub use notifications::Notification;

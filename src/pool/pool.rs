@@ -1,7 +1,7 @@
 //! The pool and its checkout guard. One pool per database per process; it starts no thread:
 //! maintenance runs when the owner calls `maintain()` and inline on checkout and checkin.
 
-use super::connection::{build_runtime, Connection};
+use super::connection::{build_runtime, Connection, PingError};
 use super::conninfo::ConnInfo;
 use super::endpoint::Endpoint;
 use super::error::Error;
@@ -95,12 +95,33 @@ impl Pool {
                 state.in_use += 1;
                 state.stats.pings += 1;
                 drop(state);
-                let ping = connection.ping(&shared.endpoint);
+                // The ping ends with the checkout's window, not connect_timeout after it.
+                let ping = connection.ping(&shared.endpoint, Some(deadline));
                 state = shared.lock();
                 state.in_use -= 1;
                 match ping {
                     Ok(()) => return Ok(state.hand_out(shared, connection, label, started)),
-                    Err(why) => {
+                    Err(PingError::WindowEnded) => {
+                        // Slow, maybe not dead: older sessions are not suspected. This one
+                        // is in an unknown state, so it goes, without a word.
+                        state.stats.ping_failures += 1;
+                        state.stats.checkout_timeouts += 1;
+                        state.count_closed(CloseReason::PingFailed);
+                        let pid = connection.backend_pid;
+                        drop(state);
+                        connection.discard();
+                        shared.slot_freed.notify_one();
+                        return Err(Error::Unavailable {
+                            database: shared.endpoint.database.clone(),
+                            reason: format!(
+                                "checkout_timeout {} ran out while pinging an idle connection \
+                                 to {} (backend pid {pid} did not answer)",
+                                humantime::format_duration(settings.checkout_timeout),
+                                shared.endpoint.description
+                            ),
+                        });
+                    }
+                    Err(PingError::Failed(why)) => {
                         log::debug!(target: "forkpool::pool", "{}: ping failure on backend {}: {why}", shared.name, connection.backend_pid);
                         state.stats.ping_failures += 1;
                         // One dead session usually means the server restarted: every older
@@ -297,7 +318,7 @@ impl Pool {
     /// `connect_timeout`; the checkouts themselves then fail with the server's
     /// `query_canceled` (SQLSTATE 57014).
     pub fn cancel_running(&self) {
-        let tokens: Vec<(String, CancelToken)> = {
+        let tokens: Vec<(String, (usize, CancelToken))> = {
             let state = self.shared.lock();
             state
                 .checkouts
@@ -318,9 +339,10 @@ impl Pool {
                 return;
             }
         };
-        for (label, token) in tokens {
+        for (label, (host, token)) in tokens {
             log::debug!(target: "forkpool::pool", "{}: cancelling the query of {label}", self.shared.name);
-            self.shared.endpoint.cancel(&runtime, &token);
+            let host = &self.shared.endpoint.hosts[host];
+            self.shared.endpoint.cancel(host, &runtime, &token);
         }
     }
 

@@ -37,7 +37,8 @@ pub(super) struct CheckoutRecord {
     pub(super) label: String,
     pub(super) since: Instant,
     pub(super) warned: bool,
-    pub(super) cancel: CancelToken,
+    /// The session's cancel token and which of the endpoint's hosts it is with.
+    pub(super) cancel: (usize, CancelToken),
 }
 
 /// Why a connection was closed; the keys of `PoolStats::closed_by_reason`.
@@ -148,7 +149,7 @@ impl State {
                 label: label.to_string(),
                 since: Instant::now(),
                 warned: false,
-                cancel: connection.cancel_token(),
+                cancel: (connection.host, connection.cancel_token()),
             },
         );
         log::debug!(target: "forkpool::pool", "{}: checkout backend {} by {label} after {:?}", shared.name, connection.backend_pid, waited);

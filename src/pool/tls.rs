@@ -2,11 +2,12 @@
 
 use super::conninfo::{ConnInfo, SslMode};
 use super::error::Error;
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::X509;
 use postgres_openssl::MakeTlsConnector;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 /// How a pool's TCP connections negotiate TLS.
 #[derive(Clone)]
@@ -73,6 +74,21 @@ impl TlsPolicy {
             })?;
             builder.set_cert_store(trust_only(&path)?);
         }
+        if let Some((cert, key)) = client_certificate(info, home().as_deref())? {
+            builder
+                .set_certificate_chain_file(&cert)
+                .map_err(|e| client_cert_error("certificate", &cert, e))?;
+            builder
+                .set_private_key_file(&key, SslFiletype::PEM)
+                .map_err(|e| client_cert_error("private key", &key, e))?;
+            builder.check_private_key().map_err(|_| {
+                Error::Config(format!(
+                    "sslcert {} does not match private key file {}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?;
+        }
         let mut connector = MakeTlsConnector::new(builder.build());
         connector.set_callback(move |config, _domain| {
             config.set_verify_hostname(verification == Verification::ChainAndHost);
@@ -93,13 +109,86 @@ fn root_cert_path(info: &ConnInfo) -> Option<PathBuf> {
     if let Some(path) = &info.sslrootcert {
         return Some(PathBuf::from(path));
     }
-    let home = std::env::var_os("HOME")?;
-    Some(PathBuf::from(home).join(".postgresql/root.crt"))
+    Some(home()?.join(".postgresql/root.crt"))
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// The client certificate and key to offer, if any: `sslcert` and `sslkey`, else libpq's
+/// defaults in `home` (`~/.postgresql/postgresql.crt` and `.key`), used only if the
+/// certificate file exists. A certificate named explicitly but missing is an error (libpq
+/// would silently send none, and the server's refusal would not say why). The key must exist
+/// and must not be readable by group or others (libpq's rule: 0600 or less if owned by us,
+/// 0640 or less if owned by root).
+fn client_certificate(
+    info: &ConnInfo,
+    home: Option<&Path>,
+) -> Result<Option<(PathBuf, PathBuf)>, Error> {
+    let default_dir = home.map(|h| h.join(".postgresql"));
+    let cert = match (&info.sslcert, &default_dir) {
+        (Some(path), _) => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "sslcert {} not found: name the client certificate's PEM file, or remove \
+                     sslcert (PGSSLCERT) to send none",
+                    path.display()
+                )));
+            }
+            path
+        }
+        (None, Some(dir)) if dir.join("postgresql.crt").is_file() => dir.join("postgresql.crt"),
+        (None, _) => return Ok(None),
+    };
+    let key = match (&info.sslkey, &default_dir) {
+        (Some(path), _) => PathBuf::from(path),
+        (None, Some(dir)) => dir.join("postgresql.key"),
+        (None, None) => {
+            return Err(Error::Config(format!(
+                "certificate {} present, but no private key: set sslkey",
+                cert.display()
+            )))
+        }
+    };
+    let metadata = std::fs::metadata(&key).map_err(|e| {
+        Error::Config(format!(
+            "certificate {} present, but not private key file {}: {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    if !metadata.is_file() {
+        return Err(Error::Config(format!(
+            "private key file {} is not a regular file",
+            key.display()
+        )));
+    }
+    let mode = metadata.mode();
+    let ours = metadata.uid() == nix::unistd::geteuid().as_raw();
+    if (ours && mode & 0o077 != 0) || (metadata.uid() == 0 && mode & 0o037 != 0) {
+        return Err(Error::Config(format!(
+            "private key file {} has group or world access (mode {:o}); it must have \
+             permissions u=rw (0600) or less if owned by the current user, or u=rw,g=r (0640) \
+             or less if owned by root",
+            key.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(Some((cert, key)))
+}
+
+fn client_cert_error(what: &str, path: &Path, error: openssl::error::ErrorStack) -> Error {
+    Error::Config(format!(
+        "cannot load client {what} {}: {error}",
+        path.display()
+    ))
 }
 
 /// A store holding only the certificates of `path`, so the system's CAs are not trusted
 /// for the database (libpq trusts only sslrootcert).
-fn trust_only(path: &std::path::Path) -> Result<openssl::x509::store::X509Store, Error> {
+fn trust_only(path: &Path) -> Result<openssl::x509::store::X509Store, Error> {
     let pem = std::fs::read(path)
         .map_err(|e| Error::Config(format!("cannot read sslrootcert {}: {e}", path.display())))?;
     let certs = X509::stack_from_pem(&pem).map_err(|e| {

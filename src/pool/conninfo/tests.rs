@@ -12,7 +12,7 @@ fn key_value_string_with_quotes_and_spaces() {
     )
     .unwrap();
     assert_eq!(info.host.as_deref(), Some("db.example"));
-    assert_eq!(info.port, Some(6543));
+    assert_eq!(info.port.as_deref(), Some("6543"));
     assert_eq!(info.password.as_deref(), Some("s p'c"));
     assert_eq!(info.sslmode, Some(SslMode::VerifyFull));
 }
@@ -26,7 +26,7 @@ fn url_with_everything() {
     assert_eq!(info.user.as_deref(), Some("app"));
     assert_eq!(info.password.as_deref(), Some("p@ss"));
     assert_eq!(info.host.as_deref(), Some("::1"));
-    assert_eq!(info.port, Some(5433));
+    assert_eq!(info.port.as_deref(), Some("5433"));
     assert_eq!(info.dbname.as_deref(), Some("main"));
     assert_eq!(info.sslmode, Some(SslMode::Require));
     assert_eq!(info.application_name.as_deref(), Some("x"));
@@ -40,7 +40,7 @@ fn url_with_socket_directory_host() {
     assert!(info.is_unix_socket());
     let info = ConnInfo::parse("postgres:///app?host=/tmp&port=5499").unwrap();
     assert_eq!(info.host.as_deref(), Some("/tmp"));
-    assert_eq!(info.port, Some(5499));
+    assert_eq!(info.port.as_deref(), Some("5499"));
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn env_fills_only_what_the_string_left_out_then_defaults() {
     };
     let info = ConnInfo::parse("host=given").unwrap().with_env(env);
     assert_eq!(info.host.as_deref(), Some("given"));
-    assert_eq!(info.port, Some(7000));
+    assert_eq!(info.port.as_deref(), Some("7000"));
     assert_eq!(info.user.as_deref(), Some("envuser"));
     assert_eq!(
         info.dbname.as_deref(),
@@ -81,7 +81,7 @@ fn env_fills_only_what_the_string_left_out_then_defaults() {
 
     let info = ConnInfo::default().with_env(|_| None);
     assert!(info.is_unix_socket());
-    assert_eq!(info.port, Some(5432));
+    assert_eq!(info.hosts().unwrap()[0].port, 5432);
     assert_eq!(info.sslmode, Some(SslMode::Prefer));
     assert!(info.user.is_some());
 }
@@ -126,4 +126,60 @@ fn masked_hides_the_password_of_any_connection_string() {
     let text = ConnInfo::masked("host=db password=hunter2-xyz sslcompression=1");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("sslcompression"), "{text}");
+}
+
+#[test]
+fn several_hosts_pair_with_their_ports() {
+    let info = ConnInfo::parse("host=a,b,/sock port=1,,3 target_session_attrs=read-write").unwrap();
+    let hosts = info.hosts().unwrap();
+    let pairs: Vec<(&str, u16)> = hosts.iter().map(|h| (h.host.as_str(), h.port)).collect();
+    assert_eq!(pairs, [("a", 1), ("b", 5432), ("/sock", 3)]);
+    assert_eq!(
+        info.target_session_attrs,
+        Some(TargetSessionAttrs::ReadWrite)
+    );
+    let info = ConnInfo::parse("host=a,b port=7").unwrap();
+    assert!(info.hosts().unwrap().iter().all(|h| h.port == 7));
+    let error = ConnInfo::parse("host=a,b,c port=1,2")
+        .unwrap()
+        .hosts()
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("2 port numbers to 3 hosts"),
+        "{error}"
+    );
+    let error = ConnInfo::parse("target_session_attrs=sometimes").unwrap_err();
+    assert!(
+        error.to_string().contains("target_session_attrs"),
+        "{error}"
+    );
+}
+
+#[test]
+fn url_with_several_hosts() {
+    let info = ConnInfo::parse("postgresql://u@h1:5001,[::1]:5002,h3/db?target_session_attrs=any")
+        .unwrap();
+    let hosts = info.hosts().unwrap();
+    let pairs: Vec<(&str, u16)> = hosts.iter().map(|h| (h.host.as_str(), h.port)).collect();
+    assert_eq!(pairs, [("h1", 5001), ("::1", 5002), ("h3", 5432)]);
+    assert_eq!(info.dbname.as_deref(), Some("db"));
+    let reparsed = ConnInfo::parse(&info.to_string()).unwrap();
+    assert_eq!(reparsed.hosts().unwrap(), hosts);
+}
+
+#[test]
+fn client_certificate_and_passfile_keys_and_variables() {
+    let info = ConnInfo::parse("sslcert=/c.crt passfile=/p")
+        .unwrap()
+        .with_env(|name| match name {
+            "PGSSLCERT" => Some("/env.crt".into()),
+            "PGSSLKEY" => Some("/env.key".into()),
+            "PGPASSFILE" => Some("/env-pass".into()),
+            "PGTARGETSESSIONATTRS" => Some("primary".into()),
+            _ => None,
+        });
+    assert_eq!(info.sslcert.as_deref(), Some("/c.crt"));
+    assert_eq!(info.sslkey.as_deref(), Some("/env.key"));
+    assert_eq!(info.passfile.as_deref(), Some("/p"));
+    assert_eq!(info.target_session_attrs, Some(TargetSessionAttrs::Primary));
 }
