@@ -73,8 +73,39 @@ pub fn server_certificate(ca: &CertifiedKey, hosts: &[String]) -> Result<Certifi
         !hosts.is_empty(),
         "a server certificate needs at least one host name"
     );
+    let mut alt_names = SubjectAlternativeName::new();
+    for host in hosts {
+        match host.parse::<IpAddr>() {
+            Ok(_) => alt_names.ip(host),
+            Err(_) => alt_names.dns(host),
+        };
+    }
+    leaf_certificate(
+        ca,
+        &hosts[0],
+        ExtendedKeyUsage::new().server_auth(),
+        Some(alt_names),
+    )
+}
+
+/// A client certificate signed by `ca` whose common name is `common_name`: the role a
+/// server's `cert` authentication maps it to.
+pub fn client_certificate(
+    ca: &CertifiedKey,
+    common_name: &str,
+) -> Result<CertifiedKey, ErrorStack> {
+    leaf_certificate(ca, common_name, ExtendedKeyUsage::new().client_auth(), None)
+}
+
+/// A non-CA certificate signed by `ca` for `usage`, with `alt_names` if given.
+fn leaf_certificate(
+    ca: &CertifiedKey,
+    common_name: &str,
+    usage: &mut ExtendedKeyUsage,
+    alt_names: Option<SubjectAlternativeName>,
+) -> Result<CertifiedKey, ErrorStack> {
     let key = new_key()?;
-    let name = subject(&hosts[0])?;
+    let name = subject(common_name)?;
     let mut builder = base_builder(&name, ca.cert.subject_name(), &key)?;
     builder.append_extension(BasicConstraints::new().build()?)?;
     builder.append_extension(
@@ -84,18 +115,13 @@ pub fn server_certificate(ca: &CertifiedKey, hosts: &[String]) -> Result<Certifi
             .key_agreement()
             .build()?,
     )?;
-    builder.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
-    let mut alt_names = SubjectAlternativeName::new();
-    for host in hosts {
-        match host.parse::<IpAddr>() {
-            Ok(_) => alt_names.ip(host),
-            Err(_) => alt_names.dns(host),
-        };
-    }
+    builder.append_extension(usage.build()?)?;
     let context = builder.x509v3_context(Some(&ca.cert), None);
-    let alt_names = alt_names.build(&context)?;
+    let alt_names = alt_names.map(|names| names.build(&context)).transpose()?;
     let authority = AuthorityKeyIdentifier::new().keyid(true).build(&context)?;
-    builder.append_extension(alt_names)?;
+    if let Some(alt_names) = alt_names {
+        builder.append_extension(alt_names)?;
+    }
     builder.append_extension(authority)?;
     builder.sign(&ca.key, MessageDigest::sha256())?;
     Ok(CertifiedKey {

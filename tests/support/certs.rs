@@ -18,6 +18,12 @@ pub fn server_certificate(ca: &CertifiedKey, hosts: &[String]) -> CertifiedKey {
     certs::server_certificate(ca, hosts).expect("making a test server certificate")
 }
 
+/// A client certificate signed by `ca` whose common name is `common_name`: the role a
+/// server's `cert` authentication maps it to.
+pub fn client_certificate(ca: &CertifiedKey, common_name: &str) -> CertifiedKey {
+    certs::client_certificate(ca, common_name).expect("making a test client certificate")
+}
+
 fn new_key() -> PKey<Private> {
     certs::new_key().expect("making a test key")
 }

@@ -177,6 +177,11 @@ impl Cluster {
         &self.certs.other_ca_cert
     }
 
+    /// The data directory (`pg_hba.conf`, `postgresql.conf`, …).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The server log: the server's stdout and stderr.
     pub fn log_file(&self) -> &Path {
         &self.log_file

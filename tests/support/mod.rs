@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod certs;
+mod client_certs;
 mod cluster;
 mod frozen;
 mod installation;
@@ -22,7 +23,7 @@ mod tied;
 use forkpool::devcluster::{binaries, postmaster};
 
 pub use binaries::{default_search_path, find_server_bindir};
-pub use certs::{certificate_authority, server_certificate, CertifiedKey};
+pub use certs::{certificate_authority, client_certificate, server_certificate, CertifiedKey};
 pub use cluster::{
     describe, Cluster, ClusterOptions, APP_DATABASE, APP_PASSWORD, APP_USER,
     HARNESS_APPLICATION_NAME,
