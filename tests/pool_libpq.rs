@@ -26,6 +26,18 @@ fn who_and_where(pool: &Pool) -> Result<(String, String), String> {
     Ok((rows[0].get(0), rows[0].get(1)))
 }
 
+/// PG* variables for what a service file should have filled: a host where nothing listens,
+/// so a service file that is not read makes the test fail, never reach the machine's own
+/// PostgreSQL through libpq's default socket.
+const NOWHERE_ELSE: [(&str, &str); 2] = [("PGHOST", "/nonexistent-forkpool-test"), ("PGPORT", "1")];
+
+fn nowhere_else(name: &str) -> Option<String> {
+    NOWHERE_ELSE
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+}
+
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -121,11 +133,18 @@ fn the_password_file_supplies_a_missing_password_unless_others_can_read_it() {
     let error = who_and_where(&pool).unwrap_err();
     assert!(error.contains("password authentication failed"), "{error}");
 
-    // Readable by the group: ignored (libpq's rule), so no password is sent.
+    // Readable by the group: ignored (libpq's rule), so there is no password, and the
+    // error says where one could have come from, at once (no retry can help).
     chmod(&passfile, 0o640);
     let pool = Pool::new("loose", ConnInfo::parse(&url).unwrap(), settings("loose")).unwrap();
+    let started = Instant::now();
     let error = who_and_where(&pool).unwrap_err();
-    assert!(error.contains("password"), "{error}");
+    assert!(
+        error.contains("asks for a password") && error.contains("passfile"),
+        "{error}"
+    );
+    assert!(error.contains("1 attempt(s)"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{error}");
 }
 
 #[test]
@@ -150,7 +169,7 @@ fn a_service_file_section_fills_the_connection_parameters() {
         .unwrap()
         .with_service(lookup)
         .unwrap()
-        .with_env(|_| None);
+        .with_env(nowhere_else);
     let pool = Pool::new("service", info, settings("service")).unwrap();
     assert_eq!(
         who_and_where(&pool).unwrap(),
@@ -263,6 +282,9 @@ fn the_service_runs_a_writing_job_with_the_read_only_host_listed_first() {
     let mut options = ServiceOptions::on(writable);
     options.database_url = "service=ha".into();
     options.env = vec![("PGSERVICEFILE".into(), file.display().to_string())];
+    options
+        .env
+        .extend(NOWHERE_ELSE.map(|(key, value)| (key.to_string(), value.to_string())));
     let service = Service::start(options);
     let answer = service.submit("add_item", json!({"parent_id": 727, "name": "via ha"}));
     assert_eq!(answer["ok"], true, "{answer}\n{}", service.logs());

@@ -281,9 +281,19 @@ where
 pub(super) fn connect_error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => describe(error),
+        None => {
+            let text = describe(error);
+            if text.contains("password missing") {
+                return format!("{NO_PASSWORD}: none was given (password, PGPASSWORD, password_file) nor found in the password file (passfile, PGPASSFILE, ~/.pgpass; one others may read is ignored)");
+            }
+            text
+        }
     }
 }
+
+/// The start of the error for a server that asks for a password we do not have (libpq:
+/// "fe_sendauth: no password supplied"); it will not fix itself within a checkout.
+pub(super) const NO_PASSWORD: &str = "the server asks for a password";
 
 /// Short keepalive timings and a user timeout so a peer that vanished (network cut, host
 /// down) is noticed within about 30 s instead of the kernel's two hours. Best effort.

@@ -3,7 +3,7 @@
 
 use super::connection::{build_runtime, Connection, PingError};
 use super::conninfo::ConnInfo;
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, NO_PASSWORD};
 use super::error::Error;
 use super::guard::PooledConnection;
 use super::settings::{PoolSettings, ResetOnReturn};
@@ -462,12 +462,17 @@ impl Shared {
     }
 }
 
-/// A bad password, an unknown database or role, or a TLS setup error will not fix itself
+/// A bad or missing password, an unknown database or role, or a TLS setup error will not fix itself
 /// within a checkout: fail at once instead of hammering the server until the timeout.
 fn is_permanent(connect_error: &str) -> bool {
-    ["SQLSTATE 28", "SQLSTATE 3D000", "cannot set up TLS"]
-        .iter()
-        .any(|marker| connect_error.contains(marker))
+    [
+        "SQLSTATE 28",
+        "SQLSTATE 3D000",
+        "cannot set up TLS",
+        NO_PASSWORD,
+    ]
+    .iter()
+    .any(|marker| connect_error.contains(marker))
 }
 
 pub(super) fn round_ms(d: Duration) -> Duration {

@@ -41,6 +41,7 @@ fn auth_and_setup_errors_are_not_retried() {
     assert!(is_permanent(
         "database \"nope\" does not exist (SQLSTATE 3D000)"
     ));
+    assert!(is_permanent(&format!("{NO_PASSWORD}: none was given")));
     assert!(!is_permanent(
         "the database system is starting up (SQLSTATE 57P03)"
     ));
