@@ -36,7 +36,8 @@ pub(super) struct Shared {
 
 impl Pool {
     /// Opens nothing. Builds the one TLS connector of the pool (cloned per connection), so a
-    /// bad `sslrootcert` or `sslmode` is reported here, at start-up.
+    /// bad `sslrootcert`, `sslcert` or `sslkey` is reported here, at start-up, and looks up
+    /// each host's password in the password file when none was given.
     pub fn new(name: &str, conninfo: ConnInfo, settings: PoolSettings) -> Result<Pool, Error> {
         let endpoint = Endpoint::new(&conninfo, &settings)?;
         let state = State::new(getpid());

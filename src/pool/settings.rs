@@ -95,9 +95,9 @@ impl PoolSettings {
         self
     }
 
-    /// Bound on opening one connection (TCP, TLS, authentication; within a checkout, also
-    /// the time left of `checkout_timeout`), on a ping, on the reset at checkin and on a
-    /// cancel request. Default 5 s: libpq has none, which is how a silent server hangs a
+    /// Bound on opening one connection (TCP, TLS, authentication; per host when there are
+    /// several), on a ping (within a checkout, the time left of `checkout_timeout` bounds
+    /// both too), on the reset at checkin and on a cancel request. Default 5 s: libpq has none, which is how a silent server hangs a
     /// process forever. A `connect_timeout` in the conninfo wins.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = d;
