@@ -207,3 +207,39 @@ fn trust_only(path: &Path) -> Result<openssl::x509::store::X509Store, Error> {
 fn tls_error(error: openssl::error::ErrorStack) -> Error {
     Error::Config(format!("cannot set up TLS: {error}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_default_client_certificate_is_used_only_if_present_with_a_private_key() {
+        let home = tempfile::tempdir().unwrap();
+        let info = ConnInfo::default();
+        assert!(client_certificate(&info, Some(home.path()))
+            .unwrap()
+            .is_none());
+        let dir = home.path().join(".postgresql");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("postgresql.crt"), "cert").unwrap();
+        let error = client_certificate(&info, Some(home.path())).unwrap_err();
+        assert!(
+            error.to_string().contains("not private key file"),
+            "{error}"
+        );
+        let key = dir.join("postgresql.key");
+        std::fs::write(&key, "key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (cert, found_key) = client_certificate(&info, Some(home.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!((cert, found_key), (dir.join("postgresql.crt"), key.clone()));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let error = client_certificate(&info, Some(home.path())).unwrap_err();
+        assert!(
+            error.to_string().contains("group or world access"),
+            "{error}"
+        );
+    }
+}
