@@ -233,6 +233,61 @@ fn read_write_skips_a_read_only_host_and_reconnects_to_the_new_primary() {
 }
 
 #[test]
+fn a_hot_standby_is_skipped_for_read_write_and_promoted_it_takes_over() {
+    let primary = Cluster::start();
+    let standby = primary.start_standby();
+    assert!(standby.in_recovery());
+    let hosts = |attrs: &str| {
+        format!(
+            "host=localhost,localhost port={},{} user={APP_USER} password={APP_PASSWORD} \
+             dbname={APP_DATABASE} sslmode=require target_session_attrs={attrs}",
+            standby.port(),
+            primary.port()
+        )
+    };
+    let pool = |attrs: &str| {
+        Pool::new(
+            attrs,
+            ConnInfo::parse(&hosts(attrs)).unwrap(),
+            settings(&format!("t-{attrs}")).ping_after(Duration::ZERO),
+        )
+        .unwrap()
+    };
+    // The standby is listed first: read-write and primary move on to the primary; standby
+    // and prefer-standby take the standby (pg_is_in_recovery()).
+    let read_write = pool("read-write");
+    assert_eq!(
+        who_and_where(&read_write).unwrap().1,
+        primary.port().to_string()
+    );
+    assert_eq!(
+        who_and_where(&pool("primary")).unwrap().1,
+        primary.port().to_string()
+    );
+    assert_eq!(
+        who_and_where(&pool("standby")).unwrap().1,
+        standby.port().to_string()
+    );
+    assert_eq!(
+        who_and_where(&pool("prefer-standby")).unwrap().1,
+        standby.port().to_string()
+    );
+
+    // Failover: the primary dies, the standby is promoted; the same pool's next checkout
+    // finds its session dead and reconnects to the new primary, which takes writes.
+    primary.stop_immediately();
+    standby.promote();
+    let mut connection = read_write.checkout("after failover").unwrap();
+    let rows = connection
+        .query_sql("SELECT current_setting('port')", &[])
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), standby.port().to_string());
+    connection
+        .batch_execute("CREATE TABLE written_after_promotion (id int)")
+        .unwrap();
+}
+
+#[test]
 fn no_acceptable_host_is_an_error_naming_each_host_and_why() {
     let read_only = read_only_cluster();
     let url = format!(

@@ -17,6 +17,7 @@ pub mod procfs;
 mod server_files;
 mod service;
 mod silent;
+mod standby;
 mod tied;
 
 // Moved to the library, where `forkpool dev` uses them too (src/devcluster/).
@@ -32,4 +33,5 @@ pub use frozen::Frozen;
 pub use procfs::tcp_socket_count;
 pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
 pub use silent::{silent_listener, SilentListener};
+pub use standby::Standby;
 pub use tied::spawn_tied;
