@@ -237,41 +237,36 @@ fn a_hot_standby_is_skipped_for_read_write_and_promoted_it_takes_over() {
     let primary = Cluster::start();
     let standby = primary.start_standby();
     assert!(standby.in_recovery());
-    let hosts = |attrs: &str| {
-        format!(
-            "host=localhost,localhost port={},{} user={APP_USER} password={APP_PASSWORD} \
-             dbname={APP_DATABASE} sslmode=require target_session_attrs={attrs}",
-            standby.port(),
-            primary.port()
-        )
-    };
-    let pool = |attrs: &str| {
+    // (target_session_attrs, the port listed first, the port listed second)
+    let pool = |attrs: &str, first: u16, second: u16| {
+        let url = format!(
+            "host=localhost,localhost port={first},{second} user={APP_USER} \
+             password={APP_PASSWORD} dbname={APP_DATABASE} sslmode=require \
+             target_session_attrs={attrs}"
+        );
         Pool::new(
             attrs,
-            ConnInfo::parse(&hosts(attrs)).unwrap(),
+            ConnInfo::parse(&url).unwrap(),
             settings(&format!("t-{attrs}")).ping_after(Duration::ZERO),
         )
         .unwrap()
     };
-    // The standby is listed first: read-write and primary move on to the primary; standby
-    // and prefer-standby take the standby (pg_is_in_recovery()).
-    let read_write = pool("read-write");
+    let (standby_port, primary_port) = (standby.port(), primary.port());
+    let port_of = |pool: &Pool| who_and_where(pool).unwrap().1.parse::<u16>().unwrap();
+    // read-write and primary move on past a standby listed first; standby and
+    // prefer-standby past a primary listed first (pg_is_in_recovery()).
+    let read_write = pool("read-write", standby_port, primary_port);
+    assert_eq!(port_of(&read_write), primary_port);
     assert_eq!(
-        who_and_where(&read_write).unwrap().1,
-        primary.port().to_string()
+        port_of(&pool("primary", standby_port, primary_port)),
+        primary_port
     );
     assert_eq!(
-        who_and_where(&pool("primary")).unwrap().1,
-        primary.port().to_string()
+        port_of(&pool("standby", primary_port, standby_port)),
+        standby_port
     );
-    assert_eq!(
-        who_and_where(&pool("standby")).unwrap().1,
-        standby.port().to_string()
-    );
-    assert_eq!(
-        who_and_where(&pool("prefer-standby")).unwrap().1,
-        standby.port().to_string()
-    );
+    let prefer = pool("prefer-standby", primary_port, standby_port);
+    assert_eq!(port_of(&prefer), standby_port);
 
     // Failover: the primary dies, the standby is promoted; the same pool's next checkout
     // finds its session dead and reconnects to the new primary, which takes writes.
@@ -285,6 +280,9 @@ fn a_hot_standby_is_skipped_for_read_write_and_promoted_it_takes_over() {
     connection
         .batch_execute("CREATE TABLE written_after_promotion (id int)")
         .unwrap();
+    drop(connection);
+    // No standby left: prefer-standby settles for any server that answers.
+    assert_eq!(port_of(&prefer), standby_port);
 }
 
 #[test]
