@@ -281,7 +281,8 @@ fn a_hot_standby_is_skipped_for_read_write_and_promoted_it_takes_over() {
         .batch_execute("CREATE TABLE written_after_promotion (id int)")
         .unwrap();
     drop(connection);
-    // No standby left: prefer-standby settles for any server that answers.
+    // No standby left: a new prefer-standby pool settles for any server that answers.
+    let prefer = pool("prefer-standby", primary_port, standby_port);
     assert_eq!(port_of(&prefer), standby_port);
 }
 
