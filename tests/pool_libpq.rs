@@ -347,6 +347,29 @@ fn the_service_runs_a_writing_job_with_the_read_only_host_listed_first() {
 }
 
 #[test]
+fn the_service_refuses_to_start_with_a_service_it_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("services.conf");
+    std::fs::write(&file, "[other]\nhost=localhost\n").unwrap();
+    let mut options = ServiceOptions::on(Cluster::shared());
+    options.database_url = "service=absent".into();
+    options.env = vec![
+        ("PGSERVICEFILE".into(), file.display().to_string()),
+        ("PGSYSCONFDIR".into(), dir.path().display().to_string()),
+    ];
+    let mut service = Service::spawn(options);
+    let status = service.wait_exit();
+    assert_eq!(status.code(), Some(2), "logs:\n{}", service.logs());
+    // The process has exited; its last stderr line may still be on its way to the reader.
+    service.wait_for_log("definition of service \"absent\" not found", 1);
+    assert!(
+        service.logs().contains("databases.main"),
+        "{}",
+        service.logs()
+    );
+}
+
+#[test]
 fn a_ping_to_a_frozen_backend_ends_with_the_checkout_window() {
     let cluster = Cluster::shared();
     // The window is long enough for a connect on a loaded machine; connect_timeout far
