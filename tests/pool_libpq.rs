@@ -357,6 +357,9 @@ fn the_service_refuses_to_start_with_a_service_it_cannot_find() {
         ("PGSERVICEFILE".into(), file.display().to_string()),
         ("PGSYSCONFDIR".into(), dir.path().display().to_string()),
     ];
+    options
+        .env
+        .extend(NOWHERE_ELSE.map(|(key, value)| (key.to_string(), value.to_string())));
     let mut service = Service::spawn(options);
     let status = service.wait_exit();
     assert_eq!(status.code(), Some(2), "logs:\n{}", service.logs());
