@@ -125,9 +125,11 @@ impl ConnInfo {
 
     /// Fills what the string left out from the PG* variables (looked up through `lookup`, so
     /// tests need not touch the process environment), then from libpq's defaults: a Unix
-    /// socket in `/var/run/postgresql` if it exists else `/tmp`, port 5432, the OS user, a
-    /// database named like the user, sslmode prefer. An unparsable variable is ignored
-    /// (libpq would fail the connection; a worker should rather use the default).
+    /// socket in `/var/run/postgresql` if it exists else `/tmp`, the OS user, a database
+    /// named like the user, sslmode prefer (a missing port stays unset: 5432 is applied per
+    /// host, see `hosts`). An unparsable variable is ignored (libpq would fail the
+    /// connection; a worker should rather use the default). Run [`ConnInfo::with_service`]
+    /// first: a service's keys win over the variables.
     pub fn with_env(mut self, lookup: impl Fn(&str) -> Option<String>) -> ConnInfo {
         for (variable, key) in ENV_KEYS {
             if self.is_set(key) {
@@ -160,7 +162,7 @@ impl ConnInfo {
         Ok(self)
     }
 
-    /// The host, or libpq's default socket directory.
+    /// The host, user, dbname and sslmode defaults (see [`ConnInfo::with_env`]).
     pub(crate) fn fill_defaults(&mut self) {
         if self.host.is_none() {
             self.host = Some(default_socket_dir().to_string());
