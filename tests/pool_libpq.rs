@@ -407,3 +407,34 @@ fn a_ping_to_a_frozen_backend_ends_with_the_checkout_window() {
     let one: i32 = connection.query_sql("SELECT 1", &[]).unwrap()[0].get(0);
     assert_eq!(one, 1);
 }
+
+#[test]
+fn a_ping_to_a_frozen_server_ends_with_the_checkout_window() {
+    // The whole server frozen (backend and postmaster): nothing, not even a cancel request,
+    // may wait on it past the window.
+    let cluster = Cluster::start();
+    let connect_timeout = Duration::from_secs(60);
+    let checkout_timeout = Duration::from_secs(2);
+    let info = ConnInfo::parse(&cluster.tcp_url("require")).unwrap();
+    let pool = Pool::new(
+        "frozen-server",
+        info,
+        settings("t-frozen-server")
+            .connect_timeout(connect_timeout)
+            .checkout_timeout(checkout_timeout)
+            .ping_after(Duration::ZERO),
+    )
+    .unwrap();
+    let pid = pool.checkout("first").unwrap().backend_pid();
+    let postmaster = cluster.postmaster_pid().expect("the cluster runs");
+    let frozen = (cluster.freeze(pid), cluster.freeze(postmaster));
+    let started = Instant::now();
+    let error = pool.checkout("second").unwrap_err();
+    let elapsed = started.elapsed();
+    drop(frozen);
+    assert!(error.to_string().contains("checkout_timeout"), "{error}");
+    assert!(
+        elapsed < connect_timeout / 4,
+        "the checkout took {elapsed:?}: not bounded by checkout_timeout {checkout_timeout:?}"
+    );
+}

@@ -269,7 +269,8 @@ impl Connection {
 
     /// A simple query "" bounded by connect_timeout, and by `window_ends` when that comes
     /// first (a checkout's deadline: a frozen server must not stretch the checkout past
-    /// it): one round trip proves the session lives.
+    /// it): one round trip proves the session lives. The caller discards a session whose
+    /// ping failed.
     pub(crate) fn ping(
         &mut self,
         endpoint: &Endpoint,
@@ -278,13 +279,24 @@ impl Connection {
         let own_limit = endpoint.connect_timeout;
         let left = window_ends.map(|end| end.saturating_duration_since(Instant::now()));
         let limit = left.map_or(own_limit, |left| left.min(own_limit));
-        match self.run(endpoint, Some(limit), |c| c.simple_query("")) {
-            Ok(_) => Ok(()),
-            Err(RunError::Failed(e)) => Err(PingError::Failed(e.to_string())),
-            Err(RunError::TimedOut) if limit < own_limit => Err(PingError::WindowEnded),
-            Err(RunError::TimedOut) => Err(PingError::Failed(
-                "no answer within connect_timeout".to_string(),
-            )),
+        // Not through `run`: a ping that fails is followed by a discard, so a timeout sends
+        // no cancel request (one to a frozen server would outlast the window).
+        let outcome = bounded(&self.runtime, limit, self.client.simple_query(""));
+        self.last_used = Instant::now();
+        match outcome {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                self.broken = true;
+                Err(PingError::Failed(Error::from(e).to_string()))
+            }
+            Err(_) => {
+                self.interrupted = true;
+                Err(if limit < own_limit {
+                    PingError::WindowEnded
+                } else {
+                    PingError::Failed("no answer within connect_timeout".to_string())
+                })
+            }
         }
     }
 
