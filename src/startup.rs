@@ -35,6 +35,7 @@ impl Loaded {
         let config = Arc::new(self.config);
         let durable = durable_identity(&config);
         let threads = config.workers.threads;
+        let pipeline = config.workers.pipeline;
         let worker_catalog = Arc::clone(&catalog);
         let worker_databases = Arc::clone(&databases);
         let lease = config.queue.lease;
@@ -57,6 +58,7 @@ impl Loaded {
             let setup = WorkerSetup {
                 slot,
                 threads,
+                pipeline,
                 catalog: Arc::clone(&worker_catalog),
                 databases: Arc::clone(&worker_databases),
                 durable,

@@ -35,6 +35,7 @@ const WORKERS_KEYS: &[&str] = &[
     "count",
     "max",
     "threads",
+    "pipeline",
     "job_timeout",
     "max_jobs",
     "max_jobs_jitter",
@@ -246,6 +247,10 @@ impl Loader {
         self.check(w.threads >= 1, "workers.threads", &[], || {
             "workers.threads = 0: a worker needs at least one thread to run jobs".to_string()
         });
+        self.check(w.pipeline >= 1, "workers.pipeline", &[], || {
+            "workers.pipeline = 0: each executor holds at least one job (1: no pipelining)"
+                .to_string()
+        });
     }
 
     fn check_service(&mut self) {
@@ -420,6 +425,7 @@ fn set_workers(w: &mut WorkersConfig, key: &str, v: &Value) -> Result<(), Fault>
         "count" => w.count = values::whole_number(v)?,
         "max" => w.max = values::whole_number(v)?,
         "threads" => w.threads = values::whole_number(v)?,
+        "pipeline" => w.pipeline = values::whole_number(v)?,
         "job_timeout" => w.job_timeout = values::duration(v)?,
         "max_jobs" => w.max_jobs = values::whole_number(v)?,
         "max_jobs_jitter" => w.max_jobs_jitter = values::whole_number(v)?,

@@ -117,6 +117,10 @@ pub struct WorkersConfig {
     pub max: usize,
     /// Jobs one worker runs at once.
     pub threads: usize,
+    /// Jobs each executor may hold at once, run pipelined on its one connection (1: one job
+    /// per executor, today's guarantee that no job waits behind another). Above 1 a worker
+    /// holds up to `threads × pipeline` jobs (DESIGN §2, README "Performance").
+    pub pipeline: usize,
     /// Default job timeout; a job file may set its own.
     pub job_timeout: Duration,
     /// Recycle a worker after this many jobs (0: never) ...
@@ -147,6 +151,14 @@ pub struct WorkersConfig {
     pub slow_job: Option<Duration>,
 }
 
+impl WorkersConfig {
+    /// How many direct jobs one worker may hold at once: `threads × pipeline`. The master
+    /// never hands a worker more (no prefetch: each can start now).
+    pub fn jobs_per_worker(&self) -> usize {
+        self.threads.saturating_mul(self.pipeline)
+    }
+}
+
 impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig {
@@ -156,6 +168,8 @@ impl Default for WorkersConfig {
             max: 16,
             // One job per process: the prefork model's isolation, no shared pool contention.
             threads: 1,
+            // No job waits behind another on a connection unless the operator trades that.
+            pipeline: 1,
             // Long enough for reports, short enough that a stuck query frees its worker.
             job_timeout: Duration::from_secs(60),
             // Recycling is a remedy for leaks; none are known, so it is off.

@@ -66,8 +66,14 @@ impl Channel {
 
     /// Queues a frame and writes what the socket takes now.
     pub fn send<T: Serialize>(&mut self, message: &T) {
-        self.output.extend_from_slice(&ipc::encode(message));
+        self.queue(message);
         let _ = self.flush();
+    }
+
+    /// Queues a frame without writing it: frames queued in one turn leave in one write at the
+    /// next [`Channel::flush`] (dispatch hands a worker several jobs this way).
+    pub fn queue<T: Serialize>(&mut self, message: &T) {
+        ipc::encode_into(&mut self.output, message);
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

@@ -12,7 +12,7 @@ use super::clients::ClientId;
 use super::jobs::Job;
 use super::Master;
 use crate::catalog::JobSpec;
-use crate::ipc::ToWorker;
+use crate::ipc::ToWorkerRef;
 use crate::protocol::{self, ErrorBody, ErrorKind};
 
 impl Master {
@@ -102,14 +102,23 @@ impl Master {
         self.finish_job(job_id, false, &body.to_json());
     }
 
-    /// Hands queued jobs to workers with room, the least busy first.
+    /// Hands queued jobs to workers with room, the least busy first. The frames a worker gets
+    /// in one turn leave in one write; a worker never gets more than it can start now
+    /// (`threads × pipeline`).
     pub(super) fn dispatch_jobs(&mut self) {
-        let threads = self.config.workers.threads;
-        while let Some(slot) = self.workers.least_busy_with_room(threads) {
+        let capacity = self.config.workers.jobs_per_worker();
+        let mut handed = false;
+        while let Some(slot) = self.workers.least_busy_with_room(capacity) {
             let Some(job_id) = self.next_job_for(slot) else {
-                return;
+                break;
             };
             self.send_job(slot, job_id);
+            handed = true;
+        }
+        if handed {
+            for worker in self.workers.iter_mut().filter(|w| w.wants_write()) {
+                let _ = worker.flush();
+            }
         }
     }
 
@@ -118,17 +127,17 @@ impl Master {
         self.jobs.pop_queued()
     }
 
-    /// Starts a job taken off the queue on `slot`.
+    /// Starts a job taken off the queue on `slot`; its frame waits for the turn's one write.
     fn send_job(&mut self, slot: usize, job_id: u64) {
         let (Some(job), Some(worker)) = (self.jobs.start(job_id, slot), self.workers.get_mut(slot))
         else {
             return;
         };
         worker.assign(job_id);
-        worker.send(&ToWorker::Run {
+        worker.queue(&ToWorkerRef::Run {
             job_id,
-            job: job.spec.name.clone(),
-            args: job.args.clone(),
+            job: &job.spec.name,
+            args: &job.args,
             timeout_ms: job.timeout.as_millis() as u64,
         });
     }

@@ -168,12 +168,12 @@ impl Master {
         if self.control.stopping() {
             return;
         }
-        let threads = self.config.workers.threads;
+        let capacity = self.config.workers.jobs_per_worker();
         let load = Load {
             queued: self.jobs.queued_count(),
             serving: self.workers.serving().count(),
             booting: self.workers.any_booting(),
-            all_busy: !self.workers.serving().any(|w| w.has_room(threads)),
+            all_busy: !self.workers.serving().any(|w| w.has_room(capacity)),
             longest_idle: longest_idle(&self.workers),
             now: Instant::now(),
         };

@@ -96,6 +96,11 @@ impl Worker {
         self.channel.send(message);
     }
 
+    /// Queues a frame for the next [`Worker::flush`].
+    pub fn queue<T: Serialize>(&mut self, message: &T) {
+        self.channel.queue(message);
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.channel.flush()
     }
@@ -165,9 +170,10 @@ impl Worker {
         matches!(self.lifecycle, Lifecycle::Serving | Lifecycle::Retiring) && self.holds_nothing()
     }
 
-    /// Takes jobs: ready, not retiring or stopping, and below `threads` jobs.
-    pub fn has_room(&self, threads: usize) -> bool {
-        self.lifecycle == Lifecycle::Serving && self.running.len() + self.claims.len() < threads
+    /// Takes jobs: ready, not retiring or stopping, and holding fewer than `capacity` (jobs
+    /// and claims together: `workers.threads` for a claim, `threads × pipeline` for a job).
+    pub fn has_room(&self, capacity: usize) -> bool {
+        self.lifecycle == Lifecycle::Serving && self.running.len() + self.claims.len() < capacity
     }
 
     /// Why this worker should be replaced now (after `max_jobs` jobs, or past `max_rss`), if
@@ -251,9 +257,9 @@ impl WorkerTable {
     }
 
     /// The least busy worker with room for one more job (the lowest slot among equals).
-    pub fn least_busy_with_room(&self, threads: usize) -> Option<usize> {
+    pub fn least_busy_with_room(&self, capacity: usize) -> Option<usize> {
         self.iter()
-            .filter(|w| w.has_room(threads))
+            .filter(|w| w.has_room(capacity))
             .min_by_key(|w| w.running.len() + w.claims.len())
             .map(|w| w.slot)
     }

@@ -6,6 +6,7 @@ use super::conninfo::TargetSessionAttrs;
 use super::endpoint::{connect_error_text, Endpoint, Host, RawSocket};
 use super::error::Error;
 use super::notifications::{Inbox, Notification};
+use super::pipeline::{self, PipelineEvent, PipelinedQuery};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -230,13 +231,7 @@ impl Connection {
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
-                let fatal = error.as_db_error().is_some_and(|db| {
-                    // 57P: the server is shutting this session down; 08: protocol-level
-                    // connection failure. Either way the session is gone.
-                    let code = db.code().code();
-                    code.starts_with("57P") || code.starts_with("08")
-                });
-                if fatal || error.as_db_error().is_none() || self.client.is_closed() {
+                if pipeline::is_fatal(&error) || self.client.is_closed() {
                     self.broken = true;
                 }
                 Err(RunError::Failed(Error::from(error)))
@@ -247,6 +242,24 @@ impl Connection {
                 endpoint.cancel(host, &self.runtime, &self.client.cancel_token());
                 Err(RunError::TimedOut)
             }
+        }
+    }
+
+    /// Runs `queries` pipelined (see [`super::pipeline`]), each bounded by its own deadline;
+    /// a cancel for an abandoned query goes out after every query of the batch is answered.
+    pub(crate) fn run_pipelined(
+        &mut self,
+        endpoint: &Endpoint,
+        queries: &[PipelinedQuery<'_>],
+        each: &mut dyn FnMut(PipelineEvent),
+    ) {
+        let outcome = pipeline::drive(&self.runtime, &self.client, queries, each);
+        self.last_used = Instant::now();
+        self.broken |= outcome.broken;
+        self.interrupted |= outcome.interrupted;
+        if outcome.cancel {
+            let host = &endpoint.hosts[self.host];
+            endpoint.cancel(host, &self.runtime, &self.client.cancel_token());
         }
     }
 

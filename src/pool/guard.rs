@@ -12,6 +12,7 @@ use super::connection::{Connection, RunError};
 use super::endpoint::Endpoint;
 use super::error::Error;
 use super::notifications::Notification;
+use super::pipeline::{PipelineEvent, PipelinedQuery};
 use super::pool::{round_ms, Shared};
 
 /// A checked-out connection. Dropping it is the one way a connection goes back to the pool,
@@ -82,6 +83,30 @@ impl PooledConnection {
         let (connection, endpoint) = self.parts();
         let result = connection.run(endpoint, limit, |c| c.query(statement, params));
         self.finish(result)
+    }
+
+    /// Runs prepared queries pipelined on this one session, each bounded by its own deadline
+    /// (not the one of [`PooledConnection::set_deadline`]); `each` hears every query's rows
+    /// or error once, as it ends, and [`PipelineEvent::Waiting`] whenever nothing more is
+    /// ready. One query's error or timeout does not end the others.
+    pub fn query_pipelined(
+        &mut self,
+        queries: &[PipelinedQuery<'_>],
+        mut each: impl FnMut(PipelineEvent),
+    ) {
+        if let Err(refused) = self.limit() {
+            // Crossed a fork: nothing may be sent; every query gets the refusal.
+            for index in 0..queries.len() {
+                let error = match &refused {
+                    Error::Connection(why) => Error::Connection(why.clone()),
+                    _ => Error::Connection("the connection cannot be used".into()),
+                };
+                each(PipelineEvent::Done(index, Err(error)));
+            }
+            return;
+        }
+        let (connection, endpoint) = self.parts();
+        connection.run_pipelined(endpoint, queries, &mut each);
     }
 
     /// Runs a prepared statement that returns no rows; the count of rows it affected.

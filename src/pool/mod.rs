@@ -13,6 +13,7 @@ mod error;
 mod guard;
 mod notifications;
 mod passfile;
+mod pipeline;
 #[allow(clippy::module_inception)]
 mod pool;
 mod service_file;
@@ -26,6 +27,7 @@ pub use conninfo::{ConnInfo, SslMode, TargetSessionAttrs};
 pub use error::{DbError, Error};
 pub use guard::PooledConnection;
 pub use notifications::Notification;
+pub use pipeline::{PipelineEvent, PipelinedQuery, Returned};
 pub use pool::Pool;
 pub use settings::{PoolSettings, ResetOnReturn};
 pub use stats::PoolStats;

@@ -7,13 +7,14 @@
 //! - the main thread ticks: pool maintenance and a heartbeat to the master, until told to stop.
 
 mod durable_job;
+mod pipelined;
 pub(crate) mod reset;
 mod rust_job;
 mod sql_job;
 
 pub use durable_job::DurableSetup;
 
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -44,6 +45,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub struct WorkerSetup {
     pub slot: usize,
     pub threads: usize,
+    /// Jobs an executor takes at once and runs pipelined (`workers.pipeline`; 1: one).
+    pub pipeline: usize,
     pub catalog: Arc<Catalog>,
     pub databases: Arc<Databases>,
     /// Set when durable jobs are on (`queue.database`): who this worker is in the job
@@ -124,6 +127,7 @@ fn serve(channel: UnixStream, setup: WorkerSetup) -> i32 {
         .map(|_| {
             let executor = Executor {
                 slot: setup.slot,
+                pipeline: setup.pipeline.max(1),
                 inbox: Arc::clone(&inbox),
                 stop: stop_tx.clone(),
                 writer: Arc::clone(&writer),
@@ -215,6 +219,7 @@ fn wait_for_stop_signal(signals: SigSet, stop: &Sender<Stop>) {
 /// One executor thread and what it shares with the others.
 struct Executor {
     slot: usize,
+    pipeline: usize,
     inbox: Arc<Inbox>,
     stop: Sender<Stop>,
     writer: Arc<Mutex<UnixStream>>,
@@ -225,15 +230,28 @@ struct Executor {
 }
 
 impl Executor {
-    /// Reads work, does it, answers; until the channel says stop or closes.
+    /// Reads work, does it, answers; until the channel says stop or closes. With
+    /// `workers.pipeline` above 1, the `run` jobs that arrived together (up to that many) are
+    /// taken together and run pipelined ([`pipelined`]).
     fn execute_jobs(&self) {
-        while let Some(work) = next_work(&self.inbox, &self.stop) {
-            let answered = match work {
-                Work::Run(job) => self.run(&job),
-                Work::Claim {
-                    claim_id,
-                    excluded_queues,
-                } => self.claim(claim_id, &excluded_queues),
+        while let Some(mut work) = next_work(&self.inbox, &self.stop, self.pipeline) {
+            let answered = match (work.len(), work.pop()) {
+                (1, Some(Work::Run(job))) => self.run(&job),
+                (
+                    1,
+                    Some(Work::Claim {
+                        claim_id,
+                        excluded_queues,
+                    }),
+                ) => self.claim(claim_id, &excluded_queues),
+                (_, last) => {
+                    work.extend(last);
+                    let jobs = work.into_iter().filter_map(|work| match work {
+                        Work::Run(job) => Some(job),
+                        Work::Claim { .. } => None, // a batch holds only `run` jobs
+                    });
+                    pipelined::run_batch(self, jobs.collect())
+                }
             };
             if !answered {
                 return;
@@ -288,9 +306,12 @@ impl Executor {
     }
 }
 
-/// The next work, read from the channel by this executor while the others wait their turn.
-/// `None` once the channel said stop or closed; the main thread is told which.
-fn next_work(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Work> {
+/// The next work, read from the channel by this executor while the others wait their turn:
+/// one frame, and after a `run` job up to `pipeline − 1` more `run` jobs whose frames were
+/// already read (the master writes the jobs it hands over in one turn in one write; this
+/// never waits for more). Empty never; `None` once the channel said stop or closed: the main
+/// thread is told which.
+fn next_work(inbox: &Inbox, stop: &Sender<Stop>, pipeline: usize) -> Option<Vec<Work>> {
     let mut inbox = inbox.lock().expect("inbox lock");
     let reader = inbox.as_mut()?;
     let why = match ipc::read_frame::<ToWorker>(reader) {
@@ -300,22 +321,28 @@ fn next_work(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Work> {
             args,
             timeout_ms,
         })) => {
-            return Some(Work::Run(Job {
-                id: job_id,
-                name: job,
-                args,
-                timeout: Duration::from_millis(timeout_ms),
-                received: Instant::now(),
-            }))
+            let mut batch = vec![Work::Run(Job::received(job_id, job, args, timeout_ms))];
+            while batch.len() < pipeline {
+                match ipc::buffered_frame(reader, |f| matches!(f, ToWorker::Run { .. })) {
+                    Some(ToWorker::Run {
+                        job_id,
+                        job,
+                        args,
+                        timeout_ms,
+                    }) => batch.push(Work::Run(Job::received(job_id, job, args, timeout_ms))),
+                    _ => break,
+                }
+            }
+            return Some(batch);
         }
         Ok(Some(ToWorker::Claim {
             claim_id,
             excluded_queues,
         })) => {
-            return Some(Work::Claim {
+            return Some(vec![Work::Claim {
                 claim_id,
                 excluded_queues,
-            })
+            }])
         }
         Ok(Some(ToWorker::Stop)) => Stop::Graceful,
         Ok(None) => Stop::MasterGone,
@@ -327,6 +354,18 @@ fn next_work(inbox: &Inbox, stop: &Sender<Stop>) -> Option<Work> {
     *inbox = None;
     let _ = stop.send(why);
     None
+}
+
+impl Job {
+    fn received(id: u64, name: String, args: Box<RawValue>, timeout_ms: u64) -> Job {
+        Job {
+            id,
+            name,
+            args,
+            timeout: Duration::from_millis(timeout_ms),
+            received: Instant::now(),
+        }
+    }
 }
 
 /// Runs one `run` job; the result object as JSON text, or the error. A SQL job's
@@ -372,7 +411,7 @@ fn run_spec(
     pools: &Pools,
     held: &mut Option<PooledConnection>,
 ) -> Result<String, ErrorBody> {
-    let mut result = match &spec.kind {
+    let result = match &spec.kind {
         JobKind::Rust(rust) => {
             let value = rust_job::run(rust, job_id, &spec.name, args, deadline, pools, None)?;
             json!({ "value": value })
@@ -383,15 +422,26 @@ fn run_spec(
             sql_job::run(&pool, &spec.name, sql, args, deadline, &label, held)?.to_result()
         }
     };
+    Ok(with_worker_fields(result, slot, started))
+}
+
+/// A `run` result object with the fields every worker adds, as JSON text.
+fn with_worker_fields(mut result: Value, slot: usize, started: Instant) -> String {
     result["worker"] = json!(slot);
     result["pid"] = json!(std::process::id());
     result["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
-    Ok(result.to_string())
+    result.to_string()
 }
 
 fn send(writer: &Mutex<UnixStream>, message: &FromWorker) -> std::io::Result<()> {
     let mut channel = writer.lock().expect("channel writer lock");
     ipc::write_frame(&mut *channel, message)
+}
+
+/// Writes frames already encoded (several answers in one write).
+fn send_encoded(writer: &Mutex<UnixStream>, frames: &[u8]) -> std::io::Result<()> {
+    let mut channel = writer.lock().expect("channel writer lock");
+    channel.write_all(frames)
 }
 
 /// Resident set size from /proc/self/statm (pages × page size); 0 if unreadable.

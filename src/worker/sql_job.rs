@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::catalog::{row_to_json, SqlJob, SqlValue};
-use crate::pool::{self, Pool, PooledConnection};
+use crate::pool::{self, Pool, PooledConnection, Returned};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
 use tokio_postgres::Row;
@@ -113,6 +113,20 @@ pub fn execute_statements(
 }
 
 impl Ran {
+    /// What one statement ran on a pipeline returned (see [`execute_statements`]).
+    pub fn of_one(returned: Returned) -> Ran {
+        match returned {
+            Returned::Rows(rows) => Ran {
+                rows_affected: vec![rows.len() as u64],
+                last_rows: Some(rows),
+            },
+            Returned::Affected(count) => Ran {
+                rows_affected: vec![count],
+                last_rows: None,
+            },
+        }
+    }
+
     /// The rows of the last statement that returned rows, as JSON, cut at `max_rows`.
     pub fn into_output(self, name: &str, job: &SqlJob) -> Result<SqlOutput, ErrorBody> {
         let rows = self.last_rows.unwrap_or_default();
