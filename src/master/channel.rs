@@ -96,8 +96,13 @@ impl Channel {
 
     /// Reads what the socket has and returns the whole frames. EOF or a broken frame end the
     /// list; the child's exit is then seen through SIGCHLD. `scratch` is the master's one
-    /// read buffer, lent to each read; `who` names the child in the log of a broken frame.
-    pub fn read_frames<T: DeserializeOwned>(&mut self, scratch: &mut [u8], who: &str) -> Vec<T> {
+    /// read buffer, lent to each read; `who` names the child in the log of a broken frame
+    /// (formatted only then: not once per read).
+    pub fn read_frames<T: DeserializeOwned>(
+        &mut self,
+        scratch: &mut [u8],
+        who: impl std::fmt::Display,
+    ) -> Vec<T> {
         loop {
             match self.stream.read(scratch) {
                 Ok(0) => break,

@@ -111,8 +111,9 @@ impl Worker {
 
     /// The whole frames it sent since the last read (see [`Channel::read_frames`]).
     pub fn read_frames(&mut self, scratch: &mut [u8]) -> Vec<FromWorker> {
-        let who = format!("worker {}", self.slot);
-        self.channel.read_frames(scratch, &who)
+        let slot = self.slot;
+        self.channel
+            .read_frames(scratch, format_args!("worker {slot}"))
     }
 
     /// Ready (its `Ready` frame arrived): from now on it takes jobs.

@@ -63,6 +63,11 @@ impl TlsPolicy {
         builder
             .set_min_proto_version(Some(SslVersion::TLS1_2))
             .map_err(tls_error)?;
+        // The builder loaded the system's CAs (its default verify paths), which libpq never
+        // trusts for the database: drop them, and give their memory back (~850 KiB of
+        // private dirty pages per worker otherwise; DESIGN §3).
+        builder.set_cert_store(X509StoreBuilder::new().map_err(tls_error)?.build());
+        release_freed_memory();
         if verification != Verification::None {
             let path = root_cert.filter(|p| p.is_file()).ok_or_else(|| {
                 Error::Config(format!(
@@ -202,6 +207,15 @@ fn trust_only(path: &Path) -> Result<openssl::x509::store::X509Store, Error> {
         store.add_cert(cert).map_err(tls_error)?;
     }
     Ok(store.build())
+}
+
+/// Returns the heap's free pages to the system (`malloc_trim`): the CA store just dropped
+/// was its largest allocation, made once per pool.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn tls_error(error: openssl::error::ErrorStack) -> Error {
