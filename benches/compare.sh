@@ -215,22 +215,12 @@ run_bench() {
 print(r["jobs_per_second"], l["p50"], l["p99"], r["failed"])'
 }
 
-# Prints "jobs_done rss_kib pss_kib" per worker, one line each: jobs and pids from
-# `forkpool status --json`, memory from /proc. RSS counts every page the worker touched,
-# the binary's and shared libraries' included; PSS divides each shared page among the
-# processes sharing it, so the sum over processes is what they cost together.
+# Prints "jobs_done" and then each smaps_rollup field named in the arguments (KiB), one line
+# per worker: jobs and pids from `forkpool status --json`, memory from /proc. RSS counts
+# every page the worker touched, the binary's and shared libraries' included; PSS divides
+# each shared page among the processes sharing it, so the sum over processes is what they
+# cost together; Private_Dirty is what the worker wrote itself.
 worker_memory() {
-    "$forkpool" status --socket "$tmp/forkpool.sock" --json | python3 -c 'import json, sys
-def kib(pid, field):
-    for line in open(f"/proc/{pid}/smaps_rollup"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-for w in json.load(sys.stdin)["workers"]:
-    print(w["jobs_done"], kib(w["pid"], "Rss"), kib(w["pid"], "Pss"))'
-}
-
-# Prints "LABEL jobs_done pss_kib private_dirty_kib rss_kib" per worker (smaps_rollup).
-worker_smaps() {
     "$forkpool" status --socket "$tmp/forkpool.sock" --json | python3 -c 'import json, sys
 def kib(pid, field):
     for line in open(f"/proc/{pid}/smaps_rollup"):
@@ -238,9 +228,7 @@ def kib(pid, field):
             return int(line.split()[1])
     return 0
 for w in json.load(sys.stdin)["workers"]:
-    pid = w["pid"]
-    dirty = kib(pid, "Private_Dirty")
-    print(sys.argv[1], w["jobs_done"], kib(pid, "Pss"), dirty, kib(pid, "Rss"))' "$1"
+    print(w["jobs_done"], *(kib(w["pid"], field) for field in sys.argv[1:]))' "$@"
 }
 
 # ---- direct jobs, issue #15: 2 workers, SELECT :a::int8 + :b::int8, TLS ----------------------
@@ -282,7 +270,7 @@ start_service require 2
 for label in first second; do
     "$forkpool" bench --socket "$tmp/forkpool.sock" --job add --args '{"a": 1, "b": 2}' \
         --clients 8 --pipeline 8 --jobs "$DIRECT_MEMORY_JOBS" --json >/dev/null
-    worker_smaps "$label" >>"$tmp/direct-memory"
+    worker_memory Pss Private_Dirty Rss | sed "s/^/$label /" >>"$tmp/direct-memory"
 done
 stop_service
 echo
@@ -309,7 +297,7 @@ for sslmode in require disable; do
     echo "== sslmode=$sslmode: forkpool bench, pipeline 1 and $PIPELINE, and 1 client" >&2
     start_service "$sslmode" "$WORKERS"
     echo "forkpool-p1 $sslmode $(run_bench "$WORKERS" 1)" >>"$results"
-    [ "$sslmode" = require ] && worker_memory >"$tmp/memory-first"
+    [ "$sslmode" = require ] && worker_memory Rss Pss >"$tmp/memory-first"
     echo "forkpool-p$PIPELINE $sslmode $(run_bench "$WORKERS" "$PIPELINE")" >>"$results"
     echo "forkpool-serial $sslmode $(run_bench 1 1)" >>"$results"
     if [ "$sslmode" = require ]; then
@@ -317,7 +305,7 @@ for sslmode in require disable; do
         python_line=$("$tmp/venv/bin/python" "$here/python_client.py" "$tmp/forkpool.sock" "$forkpool" \
             "postgresql+psycopg://app:$APP_PASSWORD@127.0.0.1:$port/app?sslmode=require" \
             --workers "$WORKERS" --duration "$DURATION")
-        worker_memory >"$tmp/memory-last"
+        worker_memory Rss Pss >"$tmp/memory-last"
         master_rss_kib=$(awk '/^VmRSS/ {print $2}' "/proc/$service_pid/status")
         echo "== 1000 idle clients" >&2
         idle_clients_rss_kib=$(python3 "$here/idle_clients.py" "$tmp/forkpool.sock" 1000 "$service_pid")
