@@ -153,6 +153,7 @@ count = "four"
 job_timeout = "10 parsecs"
 max_rss = "lots"
 threads = 0
+pipeline = 0
 
 [databases.main]
 pool_size = 2
@@ -177,6 +178,10 @@ socket = "x"
     assert_has(p, "service.queue_limit = 0");
     assert_has(p, "service.max_request_bytes = 100");
     assert_has(p, "workers.threads = 0");
+    assert_has(
+        p,
+        "workers.pipeline = 0: each executor holds at least one job",
+    );
     assert_has(p, "databases.main.min_idle = 3 is above the pool size 2");
     assert_has(p, "databases.main.reset_on_return = \"commit\"");
     assert_has(p, "databases.main.pre_ping = \"sometimes\"");
@@ -185,11 +190,11 @@ socket = "x"
         p,
         "FORKPOOL_WORKERS__MAX: workers.max = \"-1\": must not be negative",
     );
-    assert_eq!(p.len(), 13, "one line per problem:\n{}", p.join("\n"));
+    assert_eq!(p.len(), 14, "one line per problem:\n{}", p.join("\n"));
 
     // Display: one problem a line, each naming where it came from.
     let shown = errors.to_string();
-    assert_eq!(shown.lines().count(), 13);
+    assert_eq!(shown.lines().count(), 14);
     let file_prefix = format!("{}: ", file.display());
     for line in shown.lines() {
         assert!(
