@@ -136,6 +136,38 @@ fn a_job_behind_a_slow_one_times_out_on_its_own_and_the_slow_one_succeeds() {
     assert_eq!(service.submit("add", json!({"a": 2}))["ok"], true);
 }
 
+/// No prefetch: a job that comes while the worker's one executor is busy with its batch
+/// waits in the master's queue (where a worker's death cannot touch it), not on the worker.
+#[test]
+fn a_busy_executor_is_handed_no_more_jobs_until_its_batch_is_answered() {
+    let service = pipelined_service(4);
+    let mut client = service.client();
+    client.send(json!({"id": "slow", "op": "run", "job": "sleep", "args": {"seconds": 3}}));
+    service.wait_for_status("the slow job on the worker", |status| {
+        status["workers"][0]["current"]
+            .as_array()
+            .is_some_and(|current| current.len() == 1)
+    });
+    // The pong is written in the turn that read both lines; the master hands out jobs at
+    // the start of every turn, so by the time it reads the status request below it has
+    // dispatched what it could.
+    send_together(
+        &mut client,
+        &[
+            json!({"id": "later", "op": "run", "job": "add", "args": {"a": 1}}),
+            json!({"id": "ping", "op": "ping"}),
+        ],
+    );
+    assert_eq!(client.recv().expect("the pong")["id"], "ping");
+    let status = service.status();
+    assert_eq!(status["queue"]["depth"], 1, "{status}");
+    let current = status["workers"][0]["current"].as_array().unwrap().len();
+    assert_eq!(current, 1, "{status}");
+    let answers = answers(&mut client, 2);
+    assert_eq!(answers["slow"]["ok"], true, "{}", answers["slow"]);
+    assert_eq!(answers["later"]["ok"], true, "{}", answers["later"]);
+}
+
 #[test]
 fn every_job_of_a_batch_is_answered_worker_lost_when_its_worker_is_killed() {
     let service = pipelined_service(4);

@@ -119,7 +119,7 @@ pub struct WorkersConfig {
     pub threads: usize,
     /// Jobs each executor may hold at once, run pipelined on its one connection (1: one job
     /// per executor, today's guarantee that no job waits behind another). Above 1 a worker
-    /// holds up to `threads × pipeline` jobs (DESIGN §2, README "Performance").
+    /// holds up to `threads × pipeline` jobs, `pipeline` per idle executor (DESIGN §2).
     pub pipeline: usize,
     /// Default job timeout; a job file may set its own.
     pub job_timeout: Duration,
@@ -149,14 +149,6 @@ pub struct WorkersConfig {
     /// Warn once about a job still running after this long, naming job and worker (`None`:
     /// never), like PHP-FPM's `request_slowlog_timeout`.
     pub slow_job: Option<Duration>,
-}
-
-impl WorkersConfig {
-    /// How many direct jobs one worker may hold at once: `threads × pipeline`. The master
-    /// never hands a worker more (no prefetch: each can start now).
-    pub fn jobs_per_worker(&self) -> usize {
-        self.threads.saturating_mul(self.pipeline)
-    }
 }
 
 impl Default for WorkersConfig {

@@ -102,13 +102,13 @@ impl Master {
         self.finish_job(job_id, false, &body.to_json());
     }
 
-    /// Hands queued jobs to workers with room, the least busy first. The frames a worker gets
-    /// in one turn leave in one write; a worker never gets more than it can start now
-    /// (`threads × pipeline`).
+    /// Hands queued jobs to workers with room, the least busy first. The jobs a worker gets
+    /// in one turn leave in one write, and its idle executor takes them together; a worker
+    /// is only given jobs it can start now (no prefetch): up to `workers.pipeline` to an
+    /// idle executor, none to an executor still busy with its batch.
     pub(super) fn dispatch_jobs(&mut self) {
-        let capacity = self.config.workers.jobs_per_worker();
         let mut handed = false;
-        while let Some(slot) = self.workers.least_busy_with_room(capacity) {
+        while let Some(slot) = self.workers.least_busy_for_job(&self.config.workers) {
             let Some(job_id) = self.next_job_for(slot) else {
                 break;
             };
@@ -116,8 +116,11 @@ impl Master {
             handed = true;
         }
         if handed {
-            for worker in self.workers.iter_mut().filter(|w| w.wants_write()) {
-                let _ = worker.flush();
+            for worker in self.workers.iter_mut() {
+                worker.seal_batch();
+                if worker.wants_write() {
+                    let _ = worker.flush();
+                }
             }
         }
     }

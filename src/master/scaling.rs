@@ -168,12 +168,13 @@ impl Master {
         if self.control.stopping() {
             return;
         }
-        let capacity = self.config.workers.jobs_per_worker();
         let load = Load {
             queued: self.jobs.queued_count(),
             serving: self.workers.serving().count(),
             booting: self.workers.any_booting(),
-            all_busy: !self.workers.serving().any(|w| w.has_room(capacity)),
+            all_busy: !self.workers.serving().any(|w| {
+                w.has_room_for_job(self.config.workers.threads, self.config.workers.pipeline)
+            }),
             longest_idle: longest_idle(&self.workers),
             now: Instant::now(),
         };

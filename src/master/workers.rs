@@ -45,6 +45,12 @@ pub struct Worker {
     pub jobs_done: u64,
     /// Jobs it holds now, in the order they were sent.
     pub running: Vec<u64>,
+    /// The same jobs by the turn that handed them over (one write each): each batch is one
+    /// executor's, which takes the frames of one write together (`workers.pipeline`). An
+    /// executor is free again when every job of its batch is answered.
+    batches: Vec<Vec<u64>>,
+    /// The last batch is this turn's and may take more jobs (see [`Worker::seal_batch`]).
+    filling: bool,
     /// Durable claims it holds now (DESIGN §12): each takes a slot like a job.
     pub claims: Vec<u64>,
     /// It was sent a claim at least once: when it dies, the keeper takes back what it held.
@@ -82,6 +88,8 @@ impl Worker {
             ready: false,
             jobs_done: 0,
             running: Vec::new(),
+            batches: Vec::new(),
+            filling: false,
             claims: Vec::new(),
             ever_claimed: false,
             idle_since: None,
@@ -125,15 +133,31 @@ impl Worker {
         self.idle_since = Some(Instant::now());
     }
 
-    /// A job handed to it.
+    /// A job handed to it: into this turn's batch if one is open, else a new one.
     pub fn assign(&mut self, job_id: u64) {
         self.running.push(job_id);
+        match self.batches.last_mut() {
+            Some(batch) if self.filling => batch.push(job_id),
+            _ => {
+                self.batches.push(vec![job_id]);
+                self.filling = true;
+            }
+        }
         self.idle_since = None;
+    }
+
+    /// Ends this turn's batch: the jobs handed over are written; the next go to a new one.
+    pub fn seal_batch(&mut self) {
+        self.filling = false;
     }
 
     /// A job it answered.
     pub fn complete(&mut self, job_id: u64) {
         self.running.retain(|running| *running != job_id);
+        for batch in &mut self.batches {
+            batch.retain(|running| *running != job_id);
+        }
+        self.batches.retain(|batch| !batch.is_empty());
         self.jobs_done += 1;
         self.note_if_idle();
     }
@@ -171,10 +195,22 @@ impl Worker {
         matches!(self.lifecycle, Lifecycle::Serving | Lifecycle::Retiring) && self.holds_nothing()
     }
 
-    /// Takes jobs: ready, not retiring or stopping, and holding fewer than `capacity` (jobs
-    /// and claims together: `workers.threads` for a claim, `threads × pipeline` for a job).
-    pub fn has_room(&self, capacity: usize) -> bool {
-        self.lifecycle == Lifecycle::Serving && self.running.len() + self.claims.len() < capacity
+    /// Takes a durable claim: ready, not retiring or stopping, and holding fewer than
+    /// `threads` jobs and claims together.
+    pub fn has_room(&self, threads: usize) -> bool {
+        self.lifecycle == Lifecycle::Serving && self.running.len() + self.claims.len() < threads
+    }
+
+    /// Takes a `run` job it can start now (no prefetch): into this turn's batch while it
+    /// holds fewer than `pipeline` jobs, else as the first of a new batch while an executor
+    /// is free (fewer than `threads` batches and claims). With `pipeline = 1`, exactly
+    /// [`Worker::has_room`].
+    pub fn has_room_for_job(&self, threads: usize, pipeline: usize) -> bool {
+        if self.lifecycle != Lifecycle::Serving {
+            return false;
+        }
+        let open = self.filling && self.batches.last().is_some_and(|b| b.len() < pipeline);
+        open || self.batches.len() + self.claims.len() < threads
     }
 
     /// Why this worker should be replaced now (after `max_jobs` jobs, or past `max_rss`), if
@@ -257,10 +293,19 @@ impl WorkerTable {
         self.iter().next().is_none()
     }
 
-    /// The least busy worker with room for one more job (the lowest slot among equals).
-    pub fn least_busy_with_room(&self, capacity: usize) -> Option<usize> {
+    /// The least busy worker with room for one more claim (the lowest slot among equals).
+    pub fn least_busy_with_room(&self, threads: usize) -> Option<usize> {
+        self.least_busy(|w| w.has_room(threads))
+    }
+
+    /// The least busy worker that can start one more `run` job now.
+    pub fn least_busy_for_job(&self, config: &WorkersConfig) -> Option<usize> {
+        self.least_busy(|w| w.has_room_for_job(config.threads, config.pipeline))
+    }
+
+    fn least_busy(&self, room: impl Fn(&Worker) -> bool) -> Option<usize> {
         self.iter()
-            .filter(|w| w.has_room(capacity))
+            .filter(|w| room(w))
             .min_by_key(|w| w.running.len() + w.claims.len())
             .map(|w| w.slot)
     }
