@@ -225,6 +225,59 @@ fn claims_take_priority_then_run_at_then_id_and_only_jobs_this_catalog_knows() {
 }
 
 #[test]
+fn the_claim_walks_the_claim_index_on_a_fresh_table_and_on_one_queue_analyzed() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    // A backlog in one queue, on a table autovacuum has not analyzed yet.
+    conn.batch_execute(
+        "INSERT INTO forkpool.jobs (job, queue) \
+         SELECT 'noop', 'bench' FROM generate_series(1, 20000)",
+    )
+    .unwrap();
+    let types = claim::CLAIM_TYPES
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let plan = |conn: &mut PooledConnection, generic: bool| -> String {
+        conn.batch_execute(&format!(
+            "{}; SET LOCAL plan_cache_mode = {}; PREPARE claim_plan ({types}) AS {}",
+            claim::CLAIM_PLANNER,
+            if generic {
+                "force_generic_plan"
+            } else {
+                "force_custom_plan"
+            },
+            claim::CLAIM
+        ))
+        .unwrap();
+        let lines: Vec<String> = conn
+            .query_sql(
+                "EXPLAIN EXECUTE claim_plan('{noop}', '{}', 4, 'h', 1, 1, 30, true)",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        conn.batch_execute("ROLLBACK; DEALLOCATE claim_plan")
+            .unwrap();
+        lines.join("\n")
+    };
+    for (when, generic) in [("fresh", false), ("fresh", true), ("analyzed", false)] {
+        if when == "analyzed" {
+            conn.batch_execute("ANALYZE forkpool.jobs").unwrap();
+        }
+        let plan = plan(&mut conn, generic);
+        assert!(
+            plan.contains("Index Scan using jobs_claim_order") && !plan.contains("Sort"),
+            "{when}, generic {generic}: the claim must walk the claim index, not sort the \
+             backlog:\n{plan}"
+        );
+    }
+}
+
+#[test]
 fn concurrent_claimers_never_take_the_same_job() {
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();

@@ -134,6 +134,24 @@ impl PooledConnection {
         self.finish(result)
     }
 
+    /// Runs `operation` against the session's client, bounded like
+    /// [`PooledConnection::query`]: for requests sent together. tokio-postgres writes the
+    /// requests of futures polled together without waiting for each answer (pipelining), so
+    /// `BEGIN`, a statement and `COMMIT` joined cost one round trip.
+    pub fn pipelined<'a, T, F>(
+        &'a mut self,
+        operation: impl FnOnce(&'a tokio_postgres::Client) -> F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'a,
+    {
+        let limit = self.limit()?;
+        let deadline = self.deadline;
+        let (connection, endpoint) = self.parts();
+        let result = connection.run(endpoint, limit, operation);
+        result.map_err(|error| run_error(error, deadline))
+    }
+
     /// Runs one or more statements with the simple query protocol.
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         let limit = self.limit()?;
@@ -191,15 +209,17 @@ impl PooledConnection {
     }
 
     fn finish<T>(&self, result: Result<T, RunError>) -> Result<T, Error> {
-        result.map_err(|error| match error {
-            RunError::Failed(error) => error,
-            RunError::TimedOut => Error::Timeout {
-                after: round_ms(
-                    self.deadline
-                        .map_or(Duration::ZERO, |(set_at, _)| set_at.elapsed()),
-                ),
-            },
-        })
+        result.map_err(|error| run_error(error, self.deadline))
+    }
+}
+
+/// The error of an operation run under `deadline` (when it was set, the deadline).
+fn run_error(error: RunError, deadline: Option<(Instant, Instant)>) -> Error {
+    match error {
+        RunError::Failed(error) => error,
+        RunError::TimedOut => Error::Timeout {
+            after: round_ms(deadline.map_or(Duration::ZERO, |(set_at, _)| set_at.elapsed())),
+        },
     }
 }
 
