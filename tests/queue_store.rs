@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use forkpool::pool::{ConnInfo, Pool, PoolSettings, PooledConnection};
 use forkpool::queue::claim::{self, Failure, Holder, Settled};
-use forkpool::queue::keeping::{self, Cancelled, JobDefaults, NewJob, Rescue};
+use forkpool::queue::enqueue::{self, Enqueued, NewJob};
+use forkpool::queue::keeping::{self, Cancelled, JobDefaults, Rescue};
 use forkpool::queue::leases;
 use forkpool::queue::schema::{self, SchemaError, SCHEMA_VERSION};
 use postgres::fallible_iterator::FallibleIterator;
@@ -62,6 +63,26 @@ fn new_job(job: &str, args: serde_json::Value) -> NewJob {
         max_attempts: None,
         unique_key: None,
     }
+}
+
+/// Job `mail`'s file says: queue `emails`, priority 5, 3 attempts.
+fn publish_mail_defaults(conn: &mut PooledConnection) {
+    let mail = JobDefaults {
+        job: "mail".into(),
+        queue: "emails".into(),
+        priority: 5,
+        max_attempts: 3,
+    };
+    keeping::publish_defaults(conn, &[mail]).unwrap();
+}
+
+/// Enqueues `jobs` in one batch; every job must be answered.
+fn enqueue_all(conn: &mut PooledConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>, String> {
+    let answers = enqueue::enqueue_batch(conn, jobs).map_err(|e| e.to_string())?;
+    answers
+        .into_iter()
+        .map(|answer| answer.map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn names(jobs: &[&str]) -> Vec<String> {
@@ -128,16 +149,7 @@ fn two_hosts_migrating_at_once_apply_each_version_once() {
 fn an_sql_enqueue_exists_only_if_its_transaction_commits_and_takes_the_job_files_defaults() {
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
-    keeping::publish_defaults(
-        &mut conn,
-        &[JobDefaults {
-            job: "mail".into(),
-            queue: "emails".into(),
-            priority: 5,
-            max_attempts: 3,
-        }],
-    )
-    .unwrap();
+    publish_mail_defaults(&mut conn);
     conn.batch_execute("BEGIN; SELECT forkpool.enqueue('mail', '{\"to\": 1}'); ROLLBACK")
         .unwrap();
     assert_eq!(value(&mut conn, "SELECT count(*) FROM forkpool.jobs"), "0");
@@ -176,7 +188,7 @@ fn one_enqueue_transaction_sends_one_notify_per_queue_not_one_per_row() {
          COMMIT",
     )
     .unwrap();
-    keeping::enqueue_batch(&mut conn, &vec![new_job("a", serde_json::json!({})); 3]).unwrap();
+    enqueue_all(&mut conn, &vec![new_job("a", serde_json::json!({})); 3]).unwrap();
     let mut payloads = Vec::new();
     let mut notifications = listener.notifications();
     let mut waiting = notifications.timeout_iter(Duration::from_millis(500));
@@ -281,7 +293,7 @@ fn the_claim_walks_the_claim_index_on_a_fresh_table_and_on_one_queue_analyzed() 
 fn concurrent_claimers_never_take_the_same_job() {
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
-    keeping::enqueue_batch(&mut conn, &vec![new_job("c", serde_json::json!({})); 200]).unwrap();
+    enqueue_all(&mut conn, &vec![new_job("c", serde_json::json!({})); 200]).unwrap();
     drop(conn);
     let taken: Vec<Vec<i64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (1..=4)
@@ -324,7 +336,7 @@ fn a_completion_whose_claim_was_rescued_changes_nothing_and_its_transaction_roll
     let mut conn = pool.checkout("t").unwrap();
     conn.batch_execute("CREATE TABLE effects (job_id bigint)")
         .unwrap();
-    keeping::enqueue_batch(&mut conn, &[new_job("e", serde_json::json!({}))]).unwrap();
+    enqueue_all(&mut conn, &[new_job("e", serde_json::json!({}))]).unwrap();
     let first = claim::claim(&mut conn, &names(&["e"]), &[], 1, &holder(1), LEASE, true).unwrap();
     let first = first[0].claim;
 
@@ -374,7 +386,7 @@ fn failures_retry_with_backoff_then_discard_with_every_error_recorded() {
     let mut conn = pool.checkout("t").unwrap();
     let mut job = new_job("f", serde_json::json!({}));
     job.max_attempts = Some(2);
-    keeping::enqueue_batch(&mut conn, &[job]).unwrap();
+    enqueue_all(&mut conn, &[job]).unwrap();
     let failure = Failure {
         kind: "db_error",
         message: "division by zero",
@@ -427,7 +439,7 @@ fn a_unique_key_returns_the_waiting_job_and_is_free_again_once_it_finished() {
     let mut conn = pool.checkout("t").unwrap();
     let mut job = new_job("u", serde_json::json!({}));
     job.unique_key = Some("nightly".into());
-    let first = keeping::enqueue_batch(&mut conn, &[job.clone(), job.clone()]).unwrap();
+    let first = enqueue_all(&mut conn, &[job.clone(), job.clone()]).unwrap();
     assert!(!first[0].duplicate && first[1].duplicate);
     assert_eq!(first[0].job_id, first[1].job_id);
     let sql_id = value(
@@ -438,15 +450,155 @@ fn a_unique_key_returns_the_waiting_job_and_is_free_again_once_it_finished() {
 
     let claimed = claim::claim(&mut conn, &names(&["u"]), &[], 1, &holder(1), LEASE, true).unwrap();
     assert!(claim::complete(&mut conn, claimed[0].claim, "{}", true).unwrap());
-    let again = keeping::enqueue_batch(&mut conn, &[job]).unwrap();
+    let again = enqueue_all(&mut conn, &[job]).unwrap();
     assert!(!again[0].duplicate && again[0].job_id != first[0].job_id);
+}
+
+#[test]
+fn a_batch_enqueue_answers_each_job_stored_or_duplicate_and_takes_the_job_files_defaults() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    publish_mail_defaults(&mut conn);
+    // Before the batch: `running` holds its key; `done` held one and finished, freeing it.
+    let keyed = |key: &str| {
+        let mut job = new_job("mail", serde_json::json!({ "key": key }));
+        job.unique_key = Some(key.into());
+        job
+    };
+    let before = enqueue_all(&mut conn, &[keyed("running"), keyed("done")]).unwrap();
+    let running = claim::claim(
+        &mut conn,
+        &names(&["mail"]),
+        &[],
+        1,
+        &holder(1),
+        LEASE,
+        true,
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(running.claim.id, before[0].job_id);
+    conn.batch_execute(&format!(
+        "UPDATE forkpool.jobs SET state = 'completed' WHERE id = {}",
+        before[1].job_id
+    ))
+    .unwrap();
+
+    let mut explicit = new_job("mail", serde_json::json!({ "n": 6 }));
+    explicit.queue = Some("urgent".into());
+    explicit.priority = Some(-1);
+    explicit.max_attempts = Some(9);
+    explicit.delay_ms = Some(3_600_000);
+    let batch = [
+        keyed("k1"),
+        new_job("mail", serde_json::json!({ "n": 2 })),
+        keyed("running"),
+        keyed("k1"),
+        keyed("done"),
+        explicit,
+    ];
+    let answers = enqueue_all(&mut conn, &batch).unwrap();
+    let stored: Vec<(bool, &str)> = answers
+        .iter()
+        .map(|a| (a.duplicate, a.state.as_str()))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            (false, "available"),
+            (false, "available"),
+            (true, "running"),
+            (true, "available"),
+            (false, "available"),
+            (false, "available"),
+        ]
+    );
+    assert_eq!(answers[2].job_id, before[0].job_id, "the running job's id");
+    assert_eq!(answers[3].job_id, answers[0].job_id, "the batch's own k1");
+    assert_ne!(
+        answers[4].job_id, before[1].job_id,
+        "a finished job frees its key"
+    );
+    let new_ids: Vec<i64> = [0, 1, 4, 5].iter().map(|&i| answers[i].job_id).collect();
+    assert!(
+        new_ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in the batch's order: {new_ids:?}"
+    );
+    assert_eq!(
+        value(
+            &mut conn,
+            &format!(
+                "SELECT string_agg(format('%s/%s/%s/%s/%s', queue, priority, max_attempts, \
+                        args->>'key', run_at > now() + interval '59 minutes'), ',' ORDER BY id) \
+                   FROM forkpool.jobs WHERE id = ANY('{{{}}}')",
+                new_ids
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        ),
+        "emails/5/3/k1/f,emails/5/3//f,emails/5/3/done/f,urgent/-1/9//t"
+    );
+    assert_eq!(
+        value(&mut conn, "SELECT count(*) FROM forkpool.jobs"),
+        "6",
+        "two before, four stored by the batch"
+    );
+}
+
+#[test]
+fn a_batch_enqueue_racing_another_sessions_job_with_its_unique_key_answers_that_job() {
+    let (name, pool) = migrated();
+    // Another session stores a job with key `race` and has not committed yet.
+    let mut other = Cluster::shared().superuser_in(&name);
+    other
+        .batch_execute("BEGIN; SELECT forkpool.enqueue('r', unique_key => 'race')")
+        .unwrap();
+    let other_id: i64 = other
+        .query_one(
+            "SELECT id FROM forkpool.jobs WHERE unique_key = 'race'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    std::thread::scope(|scope| {
+        let batch = scope.spawn(|| {
+            let mut conn = pool.checkout("batch").unwrap();
+            let mut job = new_job("r", serde_json::json!({}));
+            job.unique_key = Some("race".into());
+            enqueue_all(&mut conn, &[new_job("r", serde_json::json!({})), job]).unwrap()
+        });
+        // The batch's insert waits on the other session's uncommitted key; it began (and
+        // took its snapshot) before that session commits, so it cannot see the job it
+        // conflicts with.
+        let mut watcher = pool.checkout("watcher").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while value(
+            &mut watcher,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+               AND query LIKE 'WITH items%'",
+        ) != "1"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch never waited"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        other.batch_execute("COMMIT").unwrap();
+        let answers = batch.join().unwrap();
+        assert!(!answers[0].duplicate);
+        assert!(answers[1].duplicate, "{answers:?}");
+        assert_eq!(answers[1].job_id, other_id);
+    });
 }
 
 #[test]
 fn cancel_ends_a_waiting_job_at_once_and_cancels_a_running_query() {
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
-    let ids = keeping::enqueue_batch(
+    let ids = enqueue_all(
         &mut conn,
         &[
             new_job("w", serde_json::json!({})),
@@ -520,7 +672,7 @@ fn cancel_ends_a_waiting_job_at_once_and_cancels_a_running_query() {
 fn rescue_takes_back_only_the_dead_workers_jobs_and_release_gives_the_attempt_back() {
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
-    keeping::enqueue_batch(&mut conn, &vec![new_job("x", serde_json::json!({})); 3]).unwrap();
+    enqueue_all(&mut conn, &vec![new_job("x", serde_json::json!({})); 3]).unwrap();
     let a = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(1), LEASE, true).unwrap();
     let b = claim::claim(&mut conn, &names(&["x"]), &[], 1, &holder(2), LEASE, true).unwrap();
     let earlier = Holder {
@@ -632,7 +784,7 @@ fn a_listening_connection_is_woken_by_an_enqueue_committed_elsewhere_and_times_o
 fn lapsed_leases_are_taken_back_by_any_host_except_a_row_still_locked_by_its_holder() {
     let (_, pool) = migrated();
     let mut conn = pool.checkout("t").unwrap();
-    keeping::enqueue_batch(&mut conn, &vec![new_job("l", serde_json::json!({})); 3]).unwrap();
+    enqueue_all(&mut conn, &vec![new_job("l", serde_json::json!({})); 3]).unwrap();
     let claimed = claim::claim(&mut conn, &names(&["l"]), &[], 3, &holder(1), LEASE, true).unwrap();
     // Leases renewed for the first job only; the others lapse.
     conn.batch_execute("UPDATE forkpool.jobs SET lease_until = now() - interval '1 s'")

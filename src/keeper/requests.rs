@@ -10,7 +10,8 @@ use crate::catalog::JobSpec;
 use crate::ipc::{EnqueueOptions, FromKeeper, ToKeeper};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
-use crate::queue::keeping::{self, Cancelled, NewJob, Rescue};
+use crate::queue::enqueue::{self, Enqueued, NewJob};
+use crate::queue::keeping::{self, Cancelled, Rescue};
 use crate::queue::{admin, leases};
 
 /// The job states after which nothing more happens to a job.
@@ -100,12 +101,11 @@ impl Keeper {
         let jobs: Vec<NewJob> = checked.iter().map(|(_, job)| job.clone()).collect();
         let batch = self
             .checkout()
-            .and_then(|mut conn| keeping::enqueue_batch(&mut conn, &jobs));
+            .and_then(|mut conn| enqueue::enqueue_batch(&mut conn, &jobs));
         match batch {
             Ok(stored) => {
                 for ((request, job), stored) in checked.iter().zip(stored) {
-                    debug!(target: "forkpool::queue", "enqueued job {} ({}), duplicate: {}", stored.job_id, job.job, stored.duplicate);
-                    self.answer(*request, Ok(json!(stored)), false);
+                    self.answer_enqueued(*request, job, stored);
                 }
             }
             Err(error) if checked.len() == 1 => {
@@ -113,19 +113,32 @@ impl Keeper {
                 self.answer(checked[0].0, Err(body), false);
             }
             Err(error) => {
+                // The statement is atomic: nothing of the batch was stored.
                 debug!(target: "forkpool::queue", "a batch of {} enqueues failed ({error}); one at a time", checked.len());
                 for (request, job) in checked {
                     let one = self
                         .checkout()
-                        .and_then(|mut conn| keeping::enqueue_batch(&mut conn, &[job]));
-                    let outcome = match one {
-                        Ok(mut stored) => Ok(json!(stored.remove(0))),
-                        Err(error) => Err(pool_error_body(error, &self.setup.database)),
-                    };
-                    self.answer(request, outcome, false);
+                        .and_then(|mut conn| enqueue::enqueue_one(&mut conn, &job));
+                    self.answer_enqueued(request, &job, one);
                 }
             }
         }
+    }
+
+    fn answer_enqueued(
+        &self,
+        request: u64,
+        job: &NewJob,
+        stored: Result<Enqueued, crate::pool::Error>,
+    ) {
+        let outcome = match stored {
+            Ok(stored) => {
+                debug!(target: "forkpool::queue", "enqueued job {} ({}), duplicate: {}", stored.job_id, job.job, stored.duplicate);
+                Ok(json!(stored))
+            }
+            Err(error) => Err(pool_error_body(error, &self.setup.database)),
+        };
+        self.answer(request, outcome, false);
     }
 
     fn check_enqueue(

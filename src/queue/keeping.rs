@@ -1,72 +1,12 @@
-//! The statements of the queue keeper (the child that owns this host's queue chores): enqueue
-//! in batches, read jobs for `result`, cancel, rescue what dead workers and earlier
-//! instances held, publish the catalog's defaults, count jobs for `status`.
+//! The statements of the queue keeper (the child that owns this host's queue chores): read
+//! jobs for `result`, cancel, rescue what dead workers and earlier instances held, publish
+//! the catalog's defaults, count jobs for `status`. Enqueue has its own module
+//! ([`super::enqueue`]).
 
 use serde::Serialize;
 
 use super::claim::error_object;
 use crate::pool::{self, PooledConnection};
-
-/// One job to enqueue, as the socket's `enqueue` request gives it (arguments already checked
-/// against the catalog). `None` fields take the job file's defaults.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewJob {
-    pub job: String,
-    /// The `args` object, as JSON.
-    pub args: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub priority: Option<i32>,
-    /// RFC 3339, already parsed and written back by the keeper.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_at: Option<String>,
-    /// Milliseconds after the database's `now()`: the database's clock, not ours, decides.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delay_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unique_key: Option<String>,
-}
-
-/// What an enqueue answers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Enqueued {
-    pub job_id: i64,
-    pub state: String,
-    pub duplicate: bool,
-}
-
-/// Enqueues `jobs` in one statement and one transaction, answers in their order. One bad
-/// item fails the whole statement; the caller then enqueues one at a time, so each request
-/// gets its own answer.
-pub fn enqueue_batch(
-    conn: &mut PooledConnection,
-    jobs: &[NewJob],
-) -> Result<Vec<Enqueued>, pool::Error> {
-    let items = serde_json::to_string(jobs).expect("new jobs always serialize");
-    let rows = super::query(
-        conn,
-        "SELECT r.job_id, r.duplicate, r.job_state \
-           FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(item, n) \
-          CROSS JOIN LATERAL forkpool.insert_job( \
-                e.item->>'job', e.item->'args', e.item->>'queue', (e.item->>'priority')::int, \
-                coalesce((e.item->>'run_at')::timestamptz, \
-                         now() + coalesce((e.item->>'delay_ms')::float8, 0) * interval '1 ms'), \
-                (e.item->>'max_attempts')::int, e.item->>'unique_key') r \
-          ORDER BY e.n",
-        &[&items],
-    )?;
-    Ok(rows
-        .iter()
-        .map(|row| Enqueued {
-            job_id: row.get(0),
-            duplicate: row.get(1),
-            state: row.get(2),
-        })
-        .collect())
-}
 
 /// The `result` answer of each job in `ids` that exists, as JSON text, keyed by id.
 pub fn read_jobs(

@@ -4,7 +4,8 @@
 //!
 //! - [`schema`]: versions and the migration (`forkpool migrate`, `queue.migrate = "auto"`);
 //! - [`claim`]: a worker claims a job and settles it once, fenced by its claim;
-//! - [`keeping`]: the keeper's statements (enqueue batches, result, cancel, rescue, counts);
+//! - [`enqueue`]: the socket's enqueue, every waiting job in one statement;
+//! - [`keeping`]: the keeper's other statements (result, cancel, rescue, counts);
 //! - [`leases`]: hosts' heartbeats, leases, and the rescue of jobs whose lease lapsed;
 //! - [`admin`]: pausing queues, listing them, pruning, schedule ticks;
 //! - [`backoff`]: when a failed job runs again.
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod claim;
+pub mod enqueue;
 pub mod keeping;
 pub mod leases;
 pub mod schema;
