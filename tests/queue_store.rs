@@ -356,20 +356,28 @@ fn a_completion_whose_claim_was_rescued_changes_nothing_and_its_transaction_roll
     let second = claim::claim(&mut other, &names(&["e"]), &[], 1, &holder(2), LEASE, true).unwrap();
     assert_eq!((second[0].attempt, second[0].claim.claim_count), (2, 2));
 
-    // The first holder's exactly-once transaction: its effect, then the fenced completion.
+    // The first holder's exactly-once transaction: its effect, then the fenced completion
+    // with the COMMIT behind it — which finds the fence failed and rolls everything back.
     conn.batch_execute("BEGIN").unwrap();
     conn.query_sql("INSERT INTO effects VALUES ($1)", &[&first.id])
         .unwrap();
-    assert!(!claim::complete(&mut conn, first, "{}", true).unwrap());
-    conn.batch_execute("ROLLBACK").unwrap();
+    assert!(!claim::complete_and_commit(&mut conn, first, "{}").unwrap());
+    assert_eq!(
+        value(&mut conn, "SELECT count(*) FROM effects"),
+        "0",
+        "rolled back, and the session is out of its transaction"
+    );
 
-    // The second holder completes, with its effect.
+    // The second holder completes, with its effect: once by the pipelined completion, and a
+    // completion inside a transaction of its own (a Rust handler's) then finds it done.
     other.batch_execute("BEGIN").unwrap();
     other
         .query_sql("INSERT INTO effects VALUES ($1)", &[&second[0].claim.id])
         .unwrap();
-    assert!(claim::complete(&mut other, second[0].claim, "{\"rows\": []}", true).unwrap());
-    other.batch_execute("COMMIT").unwrap();
+    assert!(claim::complete_and_commit(&mut other, second[0].claim, "{\"rows\": []}").unwrap());
+    other.batch_execute("BEGIN").unwrap();
+    assert!(!claim::complete(&mut other, second[0].claim, "{}", true).unwrap());
+    other.batch_execute("ROLLBACK").unwrap();
     assert_eq!(value(&mut conn, "SELECT count(*) FROM effects"), "1");
     assert_eq!(
         value(

@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use futures_util::future::join3;
+use futures_util::future::{join, join3};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::pool::{self, PooledConnection};
@@ -169,6 +170,48 @@ pub fn claim(
         .collect())
 }
 
+/// The completion: the claimed job `completed` with its `run` result, fenced by the claim
+/// (and, with `$4`, by a cancel requested meanwhile). A macro, so that both statements below
+/// are one literal each.
+macro_rules! completion {
+    () => {
+        "UPDATE forkpool.jobs
+            SET state = 'completed', finished_at = now(), result = $3::text::jsonb,
+                lease_until = NULL, backend_pid = NULL
+          WHERE id = $1 AND claim_count = $2 AND state = 'running'
+            AND NOT (cancel_requested AND $4)
+         RETURNING id"
+    };
+}
+
+/// The completion, answering the completed job's id (none when the fence failed).
+const COMPLETE: &str = completion!();
+
+/// The completion as a statement that fails when its fence does (a division by zero,
+/// SQLSTATE 22012, when no row matched), so the `COMMIT` sent right behind it rolls the
+/// whole transaction back: completion and commit in one round trip.
+const COMPLETE_OR_FAIL: &str = concat!(
+    "WITH done AS (",
+    completion!(),
+    ") SELECT 1 / count(*) FROM done"
+);
+
+/// The completion's parameters with their types: sent with `query_typed`, an unnamed
+/// statement planned with its values (a generic plan made on a small table kept scanning it)
+/// in the same round trip as its execution.
+fn completion_params<'a>(
+    claim: &'a Claim,
+    result: &'a &'a str,
+    honor_cancel: &'a bool,
+) -> [(&'a (dyn ToSql + Sync), Type); 4] {
+    [
+        (&claim.id, Type::INT8),
+        (&claim.claim_count, Type::INT4),
+        (result, Type::TEXT),
+        (honor_cancel, Type::BOOL),
+    ]
+}
+
 /// Marks the job completed with its `run` result (JSON text). Inside the job's transaction
 /// for exactly-once jobs; `Ok(false)` when the fence failed — the caller must then roll back.
 /// With `honor_cancel` a cancel requested meanwhile also fails the fence, so a cancelled
@@ -179,17 +222,40 @@ pub fn complete(
     result: &str,
     honor_cancel: bool,
 ) -> Result<bool, pool::Error> {
-    let updated = super::query(
-        conn,
-        "UPDATE forkpool.jobs \
-            SET state = 'completed', finished_at = now(), result = $3::text::jsonb, \
-                lease_until = NULL, backend_pid = NULL \
-          WHERE id = $1 AND claim_count = $2 AND state = 'running' \
-            AND NOT (cancel_requested AND $4) \
-         RETURNING id",
-        &[&claim.id, &claim.claim_count, &result, &honor_cancel],
-    )?;
+    let updated = conn.pipelined(|client| async move {
+        client
+            .query_typed(COMPLETE, &completion_params(&claim, &result, &honor_cancel))
+            .await
+    })?;
     Ok(!updated.is_empty())
+}
+
+/// An exactly-once job's last step, inside the transaction that ran its statements: the
+/// fenced completion (a cancel requested meanwhile fails it too) and `COMMIT`, pipelined.
+/// `Ok(true)`: committed. `Ok(false)`: the fence failed and the transaction was rolled back.
+/// `Err`: the completion or the commit failed, and the transaction is rolled back too.
+pub fn complete_and_commit(
+    conn: &mut PooledConnection,
+    claim: Claim,
+    result: &str,
+) -> Result<bool, pool::Error> {
+    let honor_cancel = true;
+    let committed = conn.pipelined(|client| async move {
+        let params = completion_params(&claim, &result, &honor_cancel);
+        let (completed, committed) = join(
+            client.query_typed(COMPLETE_OR_FAIL, &params),
+            client.batch_execute("COMMIT"),
+        )
+        .await;
+        match completed {
+            Ok(_) => committed.map(|()| true),
+            // The fence failed; the COMMIT behind it found the transaction failed and
+            // rolled it back.
+            Err(e) if e.code() == Some(&SqlState::DIVISION_BY_ZERO) => committed.map(|()| false),
+            Err(e) => Err(e),
+        }
+    })?;
+    Ok(committed)
 }
 
 /// The SQL of what a failure appends to `errors` (over the row's own `attempt`), with the

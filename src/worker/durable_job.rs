@@ -214,12 +214,8 @@ impl DurableRun<'_> {
                 Ok(output) => self.result_object(output.to_result(), started),
                 Err(error) => return Err(pool::Error::Config(error.message)),
             };
-            if !claim::complete(&mut conn, job.claim, &result, true)? {
-                conn.batch_execute("ROLLBACK")?;
-                return Ok(false);
-            }
-            conn.batch_execute("COMMIT")?;
-            Ok(true)
+            // The completion and COMMIT in one round trip; a failed fence rolls back.
+            claim::complete_and_commit(&mut conn, job.claim, &result)
         })();
         match committed {
             Ok(true) => {
