@@ -24,8 +24,9 @@ use tokio_postgres::Row;
 
 /// Runs a statement planned for its values at each call. *Not* prepared once per session: a
 /// session's first executions run on a small table (a fresh queue), where a scan beats the
-/// index, and PostgreSQL then keeps that as the statement's generic plan; with 20,000 jobs
-/// every completion by id scanned the table (195 jobs/s against 1,474 planned per call).
+/// index, and PostgreSQL may then keep that as the statement's generic plan. (The slow first
+/// drain of issue #15 was the claim's sort, not this: see `claim::CLAIM`; the claim is
+/// prepared, with a plan that cannot sort.)
 pub(crate) fn query(
     conn: &mut PooledConnection,
     sql: &str,
