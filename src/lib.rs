@@ -51,7 +51,12 @@ mod dev;
 #[doc(hidden)]
 pub mod devcluster;
 mod exit;
+// The parsers that take outside input, for the fuzz targets (fuzz/); not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
+// Reachable (hidden) through `fuzzing`; its fields are documented where it matters.
+#[allow(missing_docs)]
 pub(crate) mod ipc;
 pub(crate) mod keeper;
 mod logging;

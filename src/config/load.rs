@@ -61,19 +61,29 @@ pub fn load(
 ) -> Result<Config, ConfigErrors> {
     let mut loader = Loader::new(file);
     match std::fs::read_to_string(file) {
-        Ok(text) => match layers::from_toml(&text, key_depth) {
-            Ok(settings) => settings.into_iter().for_each(|s| loader.apply(s)),
-            Err(syntax) => loader.problem(&Origin::File, &syntax),
-        },
+        Ok(text) => return from_text(file, &text, env),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             loader.problems.push(missing(file, found_by));
         }
         Err(e) => loader.problem(&Origin::File, &format!("cannot read it: {e}")),
     }
-    layers::from_env(env)
-        .into_iter()
-        .for_each(|s| loader.apply(s));
-    loader.finish()
+    loader.finish_with(env)
+}
+
+/// [`load`] of a file's text already read: `file` is where it came from, named in messages
+/// and the base of relative paths. The file itself is not read, so this is what the fuzz
+/// target `config_file` runs (fuzz/README.md).
+pub fn from_text(
+    file: &Path,
+    text: &str,
+    env: &[(String, String)],
+) -> Result<Config, ConfigErrors> {
+    let mut loader = Loader::new(file);
+    match layers::from_toml(text, key_depth) {
+        Ok(settings) => settings.into_iter().for_each(|s| loader.apply(s)),
+        Err(syntax) => loader.problem(&Origin::File, &syntax),
+    }
+    loader.finish_with(env)
 }
 
 /// The `databases.NAME.url` keys of a configuration file's text whose value carries a
@@ -366,6 +376,14 @@ impl Loader {
             db.password_file = db.password_file.as_ref().map(|p| dir.join(p));
         }
         dir.join(name)
+    }
+
+    /// The environment's settings over the file's, then the checks across keys.
+    fn finish_with(mut self, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+        layers::from_env(env)
+            .into_iter()
+            .for_each(|s| self.apply(s));
+        self.finish()
     }
 
     fn finish(mut self) -> Result<Config, ConfigErrors> {

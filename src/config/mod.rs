@@ -369,6 +369,16 @@ impl Config {
     pub fn load_from(file: &Path, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
         load::load(file, &search::FoundBy::Caller, env)
     }
+
+    /// Same as [`Config::load_from`], from the file's text already read: `file` names it in
+    /// messages and anchors relative paths, but is not read (the fuzz target's way in).
+    pub fn from_text(
+        file: &Path,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigErrors> {
+        load::from_text(file, text, env)
+    }
 }
 
 #[cfg(test)]

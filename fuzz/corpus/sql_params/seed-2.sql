@@ -1,0 +1,1 @@
+SELECT :seconds AS slept FROM pg_sleep(:seconds)

@@ -1,0 +1,1 @@
+SELECT 'it''s :a', E'\\':b, "col:a", $$ :c $$, $fn$ :d $fn$, :e::int8

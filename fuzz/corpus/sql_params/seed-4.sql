@@ -1,0 +1,2 @@
+-- :x
+SELECT /* /* :y */ */ a[:lo:3], x::text

@@ -1,0 +1,1 @@
+DO $$ BEGIN x := 1; END $$

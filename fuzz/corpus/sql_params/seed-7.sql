@@ -1,0 +1,1 @@
+INSERT INTO items (name, qty) VALUES (:name, :qty) RETURNING id, price$1
