@@ -384,9 +384,11 @@ fn os_user() -> Option<String> {
         .map(|user| user.name)
 }
 
-/// Quotes a value for libpq's key=value syntax when it needs it.
+/// Quotes a value for libpq's key=value syntax when it needs it: empty, or holding what
+/// [`parse_key_values`] reads as a separator (any white space, `\r` and `\u{c}` too) or an
+/// escape, so the text shown parses back to the same value.
 pub(crate) fn quote(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\', '\t', '\n']) {
+    if !value.is_empty() && !value.contains(|c: char| c.is_whitespace() || c == '\'' || c == '\\') {
         return value.to_string();
     }
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))

@@ -183,3 +183,20 @@ fn client_certificate_and_passfile_keys_and_variables() {
     assert_eq!(info.passfile.as_deref(), Some("/p"));
     assert_eq!(info.target_session_attrs, Some(TargetSessionAttrs::Primary));
 }
+
+/// Found by the `conninfo` fuzz target: a value holding white space other than a space, tab
+/// or newline (a form feed from a percent-escaped URL) was shown unquoted, and the text
+/// shown read back as other settings.
+#[test]
+fn display_quotes_every_white_space_so_it_parses_back() {
+    for host in ["/var\u{c}x", "a\rb", "a\u{b}b", "a\u{a0}b", "a\u{2003}b"] {
+        let info = ConnInfo {
+            host: Some(host.to_string()),
+            dbname: Some("main".to_string()),
+            ..ConnInfo::default()
+        };
+        let shown = info.to_string();
+        let again = ConnInfo::parse(&shown).unwrap_or_else(|e| panic!("{shown:?}: {e}"));
+        assert_eq!(again, info, "{shown:?}");
+    }
+}
