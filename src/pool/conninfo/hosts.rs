@@ -97,7 +97,17 @@ pub(super) fn split_host_port(spec: &str) -> Result<(&str, Option<&str>), Error>
         let (host, after) = bracketed.split_once(']').ok_or_else(|| {
             Error::Config("invalid host in URL: an IPv6 address needs a closing ']'".into())
         })?;
-        Ok((host, after.strip_prefix(':')))
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => {
+                return Err(Error::Config(format!(
+                    "invalid host in URL: {after:?} after the IPv6 address \
+                     (expected `:port`, `,`, `/dbname` or `?`)"
+                )))
+            }
+        };
+        Ok((host, port))
     } else {
         Ok(match spec.split_once(':') {
             Some((host, port)) => (host, Some(port)),

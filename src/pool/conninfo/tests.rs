@@ -200,3 +200,24 @@ fn display_quotes_every_white_space_so_it_parses_back() {
         assert_eq!(again, info, "{shown:?}");
     }
 }
+
+/// Found by the `conninfo` fuzz target: what followed an IPv6 address's `]` was dropped
+/// unless it was `:port`, so a mistyped URL connected somewhere else without a word.
+#[test]
+fn url_refuses_text_after_an_ipv6_address() {
+    for url in [
+        "postgresql://[::1]x/db",
+        "postgresql://[::1]5432/db",
+        "postgres://[::1]]",
+    ] {
+        let error = ConnInfo::parse(url).unwrap_err().to_string();
+        assert!(error.contains("after the IPv6 address"), "{url}: {error}");
+    }
+    let info = ConnInfo::parse("postgresql://[::1]/db").unwrap();
+    assert_eq!((info.host.as_deref(), info.port), (Some("::1"), None));
+    let info = ConnInfo::parse("postgresql://[::1]:6000").unwrap();
+    assert_eq!(
+        (info.host.as_deref(), info.port),
+        (Some("::1"), Some("6000".to_string()))
+    );
+}
