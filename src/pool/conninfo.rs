@@ -360,8 +360,10 @@ fn percent_decode(text: &str, what: &str) -> Result<String, Error> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Two hex digits exactly: from_str_radix alone would also take a sign (`%+1`).
             let hex = text
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             let byte = hex.ok_or_else(|| {
                 Error::Config(format!("invalid percent-encoding in the URL's {what}"))

@@ -221,3 +221,19 @@ fn url_refuses_text_after_an_ipv6_address() {
         (Some("::1"), Some("6000".to_string()))
     );
 }
+
+/// `%` takes two hex digits, as in libpq: `%+1` is not byte 1 (`u8::from_str_radix` reads a
+/// sign), it is a bad escape.
+#[test]
+fn url_percent_escapes_take_two_hex_digits() {
+    for url in [
+        "postgresql://db/ma%+1in",
+        "postgresql://u%-1@db",
+        "postgresql://db/%4",
+    ] {
+        let error = ConnInfo::parse(url).unwrap_err().to_string();
+        assert!(error.contains("percent-encoding"), "{url}: {error}");
+    }
+    let info = ConnInfo::parse("postgresql://db/m%61%2Fin").unwrap();
+    assert_eq!(info.dbname.as_deref(), Some("ma/in"));
+}
