@@ -50,6 +50,7 @@ mod dev;
 // clusters (tests/support), which are the same code.
 #[doc(hidden)]
 pub mod devcluster;
+mod durations;
 mod exit;
 // The parsers that take outside input, for the fuzz targets (fuzz/); not an API.
 #[doc(hidden)]

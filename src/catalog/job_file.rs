@@ -77,16 +77,14 @@ impl JobSpec {
 
         let timeout = match &file.timeout {
             None => default_timeout,
-            Some(written) => match humantime::parse_duration(written) {
+            Some(written) => match duration(written, "10s") {
                 Ok(timeout) if !timeout.is_zero() => timeout,
                 Ok(_) => {
                     errors.push("timeout: must be more than 0".to_string());
                     default_timeout
                 }
                 Err(e) => {
-                    errors.push(format!(
-                        "timeout: {written:?} is not a duration ({e}); write e.g. \"10s\""
-                    ));
+                    errors.push(format!("timeout: {e}"));
                     default_timeout
                 }
             },
@@ -325,6 +323,14 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
+/// A humantime duration of at most [`crate::durations::LONGEST`]; the error says what is
+/// wrong, with `example` as the hint when it is not a duration at all.
+fn duration(written: &str, example: &str) -> Result<Duration, String> {
+    humantime::parse_duration(written)
+        .map_err(|e| format!("{written:?} is not a duration ({e}); write e.g. \"{example}\""))
+        .and_then(crate::durations::bounded)
+}
+
 /// The durable-run keys, each checked; defaults from [`DurablePolicy::default`].
 fn durable_policy(file: &JobFile, errors: &mut Vec<String>) -> DurablePolicy {
     let mut policy = DurablePolicy::default();
@@ -347,11 +353,9 @@ fn durable_policy(file: &JobFile, errors: &mut Vec<String>) -> DurablePolicy {
     }
     let mut backoff = |key: &str, written: &Option<String>, into: &mut Duration| {
         if let Some(written) = written {
-            match humantime::parse_duration(written) {
+            match duration(written, "1s") {
                 Ok(delay) => *into = delay,
-                Err(e) => errors.push(format!(
-                    "{key}: {written:?} is not a duration ({e}); write e.g. \"1s\""
-                )),
+                Err(e) => errors.push(format!("{key}: {e}")),
             }
         }
     };

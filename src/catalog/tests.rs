@@ -217,3 +217,21 @@ fn a_handler_registered_twice_is_refused_as_registered_twice() {
         "handler `upload`: registered twice; give each handler its own name"
     );
 }
+
+/// Found by the `job_file` fuzz target: a timeout humantime reads but `Instant` cannot hold
+/// loaded, and the master panicked adding it to `now` on the job's first run.
+#[test]
+fn durations_past_a_century_are_refused_naming_the_key() {
+    let errors =
+        job("timeout = \"300000000000y\"\nretry_backoff_max = \"101y\"\nsql = \"SELECT 1\"")
+            .unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("timeout: ") && errors[0].contains("at most 100 years"));
+    assert!(
+        errors[1].starts_with("retry_backoff_max: ") && errors[1].contains("at most 100 years")
+    );
+    let spec = job("timeout = \"100y\"\nsql = \"SELECT 1\"").unwrap();
+    assert!(std::time::Instant::now()
+        .checked_add(spec.timeout)
+        .is_some());
+}

@@ -39,9 +39,9 @@ pub fn whole_number<T: TryFrom<u128>>(value: &Value) -> Result<T, String> {
 /// A humantime duration (`"250ms"`, `"30s"`, `"5m"`); `"0"` and `0` mean zero.
 pub fn duration(value: &Value) -> Result<Duration, String> {
     match value {
-        Value::String(_, text) => {
-            humantime::parse_duration(text.trim()).map_err(|_| DURATION_HINT.to_string())
-        }
+        Value::String(_, text) => humantime::parse_duration(text.trim())
+            .map_err(|_| DURATION_HINT.to_string())
+            .and_then(crate::durations::bounded),
         // A bare number has no unit, so only zero is unambiguous.
         Value::Num(_, num) if num.to_u128_lossy() == Some(0) => Ok(Duration::ZERO),
         _ => Err(DURATION_HINT.to_string()),

@@ -127,3 +127,19 @@ fn a_typo_suggests_the_closest_key() {
     assert_eq!(closest("poolsize", DATABASE_KEYS), Some("pool_size"));
     assert_eq!(closest("colour", WORKERS_KEYS), None);
 }
+
+/// Found by the `config_file` fuzz target: `shutdown_timeout = "300000000000y"` loaded, and
+/// the master panicked adding it to `now` when asked to stop. Environment values are read by
+/// the same reader.
+#[test]
+fn durations_past_a_century_are_refused_naming_the_key() {
+    let errors = load_text(
+        "[service]\nshutdown_timeout = \"300000000000y\"\n",
+        &[("FORKPOOL_WORKERS__JOB_TIMEOUT", "200y")],
+    )
+    .unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("service.shutdown_timeout"), "{text}");
+    assert!(text.contains("workers.job_timeout"), "{text}");
+    assert_eq!(text.matches("at most 100 years").count(), 2, "{text}");
+}
