@@ -373,4 +373,33 @@ mod tests {
         ));
         assert!(read_frame::<ToWorker>(&mut bytes).unwrap().is_none());
     }
+
+    /// Found by the `frame_roundtrip` fuzz target: serde_json's default float parsing is
+    /// best-effort and may land one ULP off, so a float a worker sent (a pool statistic; or
+    /// an argument a client sent, which a worker decodes) reached the master changed.
+    #[test]
+    fn floats_cross_the_channel_exactly() {
+        let digits = format!("{}0", "8".repeat(70));
+        let mut values: Vec<f64> = vec![digits.parse().unwrap()];
+        let mut rng = fastrand::Rng::with_seed(16);
+        values.extend(
+            (0..2000)
+                .map(|_| f64::from_bits(rng.u64(..)))
+                .filter(|f| f.is_finite()),
+        );
+        for value in values {
+            let frame = encode(&FromWorker::Heartbeat {
+                rss_bytes: 1,
+                pools: Value::from(value),
+            });
+            let mut buffer = FrameBuffer::default();
+            buffer.extend(&frame);
+            match buffer.next_frame::<FromWorker>().unwrap().unwrap() {
+                FromWorker::Heartbeat { pools, .. } => {
+                    assert_eq!(pools.as_f64(), Some(value), "{value:e}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
