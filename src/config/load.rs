@@ -72,7 +72,7 @@ pub fn load(
 
 /// [`load`] of a file's text already read: `file` is where it came from, named in messages
 /// and the base of relative paths. The file itself is not read, so this is what the fuzz
-/// target `config_file` runs (fuzz/README.md).
+/// target `config_file` runs (README "Fuzzing").
 pub fn from_text(
     file: &Path,
     text: &str,
