@@ -13,7 +13,7 @@ use super::jobs::Job;
 use super::Master;
 use crate::catalog::JobSpec;
 use crate::ipc::ToWorkerRef;
-use crate::protocol::{self, ErrorBody, ErrorKind};
+use crate::protocol::{self, Args, ErrorBody, ErrorKind};
 
 impl Master {
     /// Checks a `run` request and queues it; from here on it gets exactly one answer.
@@ -22,7 +22,7 @@ impl Master {
         client: ClientId,
         id: Box<RawValue>,
         name: &str,
-        args: Box<RawValue>,
+        args: Args,
         timeout_ms: Option<u64>,
     ) {
         if self.control.stopping() {
@@ -54,7 +54,7 @@ impl Master {
             client,
             request_id: id,
             spec,
-            args,
+            args: args.raw,
             timeout,
             accepted: Instant::now(),
             running: None,
@@ -64,11 +64,8 @@ impl Master {
 
     /// The catalog's job `name` with `args` checked against it, as `run` and `enqueue` both
     /// need: bad arguments never reach a worker (which binds them again) or the job table.
-    pub(super) fn checked_job(
-        &self,
-        name: &str,
-        args: &RawValue,
-    ) -> Result<Arc<JobSpec>, ErrorBody> {
+    /// The members were read once with the request; the raw text is not read again.
+    pub(super) fn checked_job(&self, name: &str, args: &Args) -> Result<Arc<JobSpec>, ErrorBody> {
         let Some(spec) = self.catalog.get(name).cloned() else {
             let known: Vec<&str> = self.catalog.names().collect();
             return Err(ErrorBody::new(
@@ -76,9 +73,7 @@ impl Master {
                 format!("no job named `{name}` (jobs: {})", known.join(", ")),
             ));
         };
-        serde_json::from_str(args.get())
-            .map_err(|e| e.to_string())
-            .and_then(|object| spec.check_args(&object))
+        spec.check_args(&args.values)
             .map_err(|message| ErrorBody::new(ErrorKind::InvalidArgs, message))?;
         Ok(spec)
     }

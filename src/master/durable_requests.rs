@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::clients::ClientId;
 use super::Master;
 use crate::ipc::{EnqueueOptions, ToKeeper};
-use crate::protocol::{self, ErrorBody, ErrorKind};
+use crate::protocol::{self, Args, ErrorBody, ErrorKind};
 
 /// A request the keeper has not answered yet.
 pub struct Pending {
@@ -86,7 +86,7 @@ impl Master {
         client: ClientId,
         id: Box<RawValue>,
         job: String,
-        args: Box<RawValue>,
+        args: Args,
         options: EnqueueOptions,
     ) {
         if self.refuse_durable(client, &id, "enqueue") {
@@ -109,7 +109,7 @@ impl Master {
             self.durable.keeper.send(&ToKeeper::Enqueue {
                 request,
                 job,
-                args,
+                args: args.raw,
                 options,
             });
         }

@@ -1,17 +1,24 @@
 //! The socket protocol (DESIGN §5): one JSON object per line in, one answer line out.
 //!
-//! The master parses a request only as far as it must to route it: the `args` object is kept
-//! as raw JSON text and a worker's result is spliced into the answer as it came, so no result
-//! is decoded and re-encoded on its way through the master.
+//! The master parses a request only as far as it must to route it: the line is read once
+//! (`members.rs`), the `args` object goes on as the raw JSON text it came as (its members read
+//! once, for the check against the job's params), and a worker's result is spliced into the
+//! answer as it came, so nothing is decoded and re-encoded on its way through the master.
 
 mod admin_ops;
+mod args_check;
 mod durable_ops;
+mod members;
 
 pub use admin_ops::{Admin, Scale};
+
+use std::borrow::Cow;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use members::Fields;
 
 /// The closed set of error kinds a client can see. The wire names are spelled once, in
 /// [`ErrorKind::as_str`], which serialization uses.
@@ -125,8 +132,8 @@ impl ErrorBody {
 pub enum Op {
     Run {
         job: String,
-        /// The `args` object as raw JSON text (`{}` when absent).
-        args: Box<RawValue>,
+        /// The `args` object (`{}` when absent).
+        args: Args,
         timeout_ms: Option<u64>,
     },
     Status,
@@ -135,7 +142,7 @@ pub enum Op {
     /// Store a durable job (DESIGN §12).
     Enqueue {
         job: String,
-        args: Box<RawValue>,
+        args: Args,
         options: crate::ipc::EnqueueOptions,
     },
     /// A durable job as it is, or once final within `wait_ms`.
@@ -155,6 +162,29 @@ pub enum Op {
     },
     /// `reload`, `stop`, `scale`: the operator's.
     Admin(Admin),
+}
+
+/// The `args` object of `run` and `enqueue`, read once: its text as it came, which goes on to
+/// the worker (or the queue) untouched, and its members, which the master checks against the
+/// job's params.
+pub struct Args {
+    pub raw: Box<RawValue>,
+    pub values: Map<String, Value>,
+}
+
+impl Args {
+    /// The object's text, as the request had it.
+    pub fn get(&self) -> &str {
+        self.raw.get()
+    }
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_tuple("Args")
+            .field(&format_args!("{}", self.raw.get()))
+            .finish()
+    }
 }
 
 /// A parsed request line.
@@ -196,7 +226,7 @@ const REQUEST_FIELDS: &[&str] = &[
 
 /// `"id": null`, for answers to a line whose id is unknown (unparsable, refused at connect).
 pub fn null_id() -> Box<RawValue> {
-    RawValue::from_string("null".to_string()).expect("null is JSON")
+    RawValue::NULL.to_owned()
 }
 
 /// Parses one request line (without its newline).
@@ -209,21 +239,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
         Ok(text) => text,
         Err(e) => return Err(bad(null_id(), format!("request is not UTF-8: {e}"))),
     };
-    let fields = match serde_json::from_str::<Box<RawValue>>(text) {
-        Err(e) => return Err(bad(null_id(), format!("request is not JSON: {e}"))),
-        Ok(raw) => {
-            if !raw.get().trim_start().starts_with('{') {
-                return Err(bad(null_id(), "request must be a JSON object".to_string()));
-            }
-            match object_fields(raw.get()) {
-                Ok(fields) => fields,
-                Err(e) => return Err(bad(null_id(), format!("request: {e}"))),
-            }
-        }
+    let fields = match Fields::read(text) {
+        Ok(fields) => fields,
+        Err(message) => return Err(bad(null_id(), message)),
     };
     let id = match fields.get("id") {
         None => null_id(),
-        Some(raw) if is_scalar(raw) => raw.clone(),
+        Some(raw) if is_scalar(raw) => raw.to_owned(),
         Some(_) => {
             return Err(bad(
                 null_id(),
@@ -231,10 +253,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
             ))
         }
     };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !REQUEST_FIELDS.contains(&k.as_str()))
-    {
+    if let Some(unknown) = fields.first_unknown() {
         return Err(bad(
             id,
             format!(
@@ -243,12 +262,12 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
             ),
         ));
     }
-    let op = match string_field(&fields, "op") {
+    let op = match str_field(&fields, "op") {
         Ok(Some(op)) => op,
         Ok(None) => return Err(bad(id, "missing field `op`".to_string())),
         Err(message) => return Err(bad(id, message)),
     };
-    let op = match op.as_str() {
+    let op = match &*op {
         "run" => {
             let (job, args) = match job_and_args(&fields, "run") {
                 Ok(parsed) => parsed,
@@ -298,8 +317,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Rejection> {
         }
     };
     if let Some(stray) = fields
-        .keys()
-        .find(|k| !op_fields(&op).contains(&k.as_str()))
+        .names()
+        .filter(|name| !op_fields(&op).contains(name))
+        .min()
     {
         return Err(bad(
             id,
@@ -338,58 +358,18 @@ fn op_fields(op: &Op) -> &'static [&'static str] {
 }
 
 /// `job` (required) and `args` (an object; `{}` when absent), as `run` and `enqueue` take them.
-fn job_and_args(fields: &Fields, op: &str) -> Result<(String, Box<RawValue>), String> {
+fn job_and_args(fields: &Fields, op: &str) -> Result<(String, Args), String> {
     let job =
         string_field(fields, "job")?.ok_or_else(|| format!("missing field `job` (op {op})"))?;
     let args = match fields.get("args") {
-        None => RawValue::from_string("{}".to_string()).expect("{} is JSON"),
-        Some(raw) if raw.get().trim_start().starts_with('{') => {
-            // Duplicate keys at the top, and nesting past serde_json's depth limit
-            // anywhere (a raw value is skipped without one), are refused here.
-            object_fields(raw.get())
-                .and_then(|_| serde_json::from_str::<Value>(raw.get()).map_err(|e| e.to_string()))
-                .map_err(|e| format!("args: {e}"))?;
-            raw.clone()
-        }
+        None => Args {
+            raw: RawValue::from_string("{}".to_string()).expect("{} is JSON"),
+            values: Map::new(),
+        },
+        Some(raw) if raw.get().starts_with('{') => args_check::read(raw)?,
         Some(_) => return Err("field `args` must be a JSON object".to_string()),
     };
     Ok((job, args))
-}
-
-type Fields = std::collections::BTreeMap<String, Box<RawValue>>;
-
-/// The members of a JSON object, refusing a key given twice: JSON parsers disagree on which
-/// duplicate wins, so a request that depends on it is ambiguous.
-fn object_fields(object: &str) -> Result<Fields, String> {
-    struct Unique(Fields);
-    impl<'de> serde::Deserialize<'de> for Unique {
-        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Members;
-            impl<'de> serde::de::Visitor<'de> for Members {
-                type Value = Unique;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Unique, A::Error> {
-                    let mut fields = Fields::new();
-                    while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
-                        if fields.contains_key(&key) {
-                            return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
-                        }
-                        fields.insert(key, value);
-                    }
-                    Ok(Unique(fields))
-                }
-            }
-            deserializer.deserialize_map(Members)
-        }
-    }
-    serde_json::from_str::<Unique>(object)
-        .map(|unique| unique.0)
-        .map_err(|e| e.to_string())
 }
 
 fn is_scalar(raw: &RawValue) -> bool {
@@ -397,11 +377,32 @@ fn is_scalar(raw: &RawValue) -> bool {
 }
 
 fn string_field(fields: &Fields, name: &str) -> Result<Option<String>, String> {
+    str_field(fields, name).map(|text| text.map(Cow::into_owned))
+}
+
+/// A string field's text, borrowed from the line unless it has escapes to decode.
+fn str_field<'a>(fields: &Fields<'a>, name: &str) -> Result<Option<Cow<'a, str>>, String> {
     match fields.get(name) {
         None => Ok(None),
-        Some(raw) => serde_json::from_str::<String>(raw.get())
+        Some(raw) => string(raw)
             .map(Some)
-            .map_err(|_| format!("field `{name}` must be a string")),
+            .ok_or_else(|| format!("field `{name}` must be a string")),
+    }
+}
+
+/// A JSON string's text, borrowed when it has no escapes to decode. A string without a
+/// backslash is its own text between the quotes: the line was read as
+/// JSON already, which refuses control characters in strings.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let quoted = raw
+        .get()
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'));
+    match quoted {
+        Some(text) if !text.contains('\\') => Some(Cow::Borrowed(text)),
+        _ => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(Cow::Owned),
     }
 }
 

@@ -198,3 +198,61 @@ fn admin_ops_parse_their_fields_and_name_each_mistake() {
         assert!(message.contains(named), "{line}: {message}");
     }
 }
+
+#[test]
+fn escaped_names_and_strings_read_decoded() {
+    let r = parse_request(br#"{"\u006fp":"ru\u006e","job":"a\"b","args":{"\u0061":1}}"#).unwrap();
+    match r.op {
+        Op::Run { job, args, .. } => {
+            assert_eq!(job, "a\"b");
+            assert_eq!(args.get(), r#"{"\u0061":1}"#);
+            assert_eq!(args.values.get("a"), Some(&Value::from(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, _, message) = rejected(r#"{"op":"run","job":"x","args":{"\u0061":1,"a":2}}"#);
+    assert!(message.contains("args: duplicate key `a`"), "{message}");
+}
+
+/// The members of `args` reach the master's check as the object has them; the text goes on
+/// untouched.
+#[test]
+fn args_values_are_the_objects_members() {
+    let line = br#"{"op":"enqueue","job":"j","args":{"n":-2,"s":"x","deep":{"l":[1,{"m":null}]}}}"#;
+    match parse_request(line).unwrap().op {
+        Op::Enqueue { args, .. } => {
+            let reread: Map<String, Value> = serde_json::from_str(args.get()).unwrap();
+            assert_eq!(args.values, reread);
+            assert_eq!(args.values.len(), 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse_request(br#"{"op":"run","job":"j"}"#).unwrap().op {
+        Op::Run { args, .. } => assert_eq!((args.get(), args.values.len()), ("{}", 0)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// With several faults in a line, the one named is the one the protocol always named: JSON
+/// syntax anywhere first, then a repeated key, then what is wrong inside `args` (a repeated
+/// key before a value that does not decode), positions counted as before.
+#[test]
+fn of_several_faults_the_same_one_is_named() {
+    let (_, _, message) = rejected(r#"{"op":"ping","op":"ping","x":}"#);
+    assert!(message.starts_with("request is not JSON: "), "{message}");
+    let (_, _, message) = rejected(r#"  {"op":"ping","op":"ping"}"#);
+    assert_eq!(message, "request: duplicate key `op` at line 1 column 25");
+    let (_, _, message) = rejected(r#"{"zz":1,"zz":2,"op":"ping"}"#);
+    assert!(message.contains("duplicate key `zz`"), "{message}");
+    let (_, _, message) = rejected(r#"{"zz":1,"aa":2,"op":"ping"}"#);
+    assert!(message.contains("unknown field `aa`"), "{message}");
+    let (_, _, message) = rejected(r#"{"op":"run","job":"x","args":{"b":1e999,"a":1,"a":2}}"#);
+    assert_eq!(message, "args: duplicate key `a` at line 1 column 23");
+    let (_, _, message) = rejected(r#"{"op":"run","job":"x","args":{"b":"\ud800","a":1}}"#);
+    assert!(
+        message.starts_with("args: unexpected end of hex escape"),
+        "{message}"
+    );
+    let (_, _, message) = rejected(r#"{"op":"run","job":"x","queue":"q","by":1}"#);
+    assert!(message.contains("field `by` does not go"), "{message}");
+}

@@ -1,0 +1,98 @@
+//! A request's `args` object, read once: its members become the values the master checks
+//! against the job's params, and its text is kept raw to go to the worker as it came. No key
+//! may be given twice at its top, and every value must be one `serde_json::Value` reads
+//! (nesting within serde_json's depth limit; a raw value is skipped without one). When the
+//! one pass finds a fault, the two passes it replaced run again to name the fault as they did.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::members::duplicate;
+use super::Args;
+
+/// Reads `raw` (an object's text); the error is the rejection's message.
+pub(super) fn read(raw: &RawValue) -> Result<Args, String> {
+    match serde_json::from_str::<Members>(raw.get()) {
+        Ok(Members(values)) => Ok(Args {
+            raw: raw.to_owned(),
+            values,
+        }),
+        Err(_) => Err(format!("args: {}", first_fault(raw.get()))),
+    }
+}
+
+/// The fault the two-pass check named: a repeated key first (values skipped raw), then
+/// whatever stops `serde_json::Value` from reading the object.
+fn first_fault(args: &str) -> serde_json::Error {
+    match serde_json::from_str::<UniqueKeys>(args) {
+        Err(e) => e,
+        Ok(_) => match serde_json::from_str::<Value>(args) {
+            Err(e) => e,
+            Ok(_) => unreachable!("args that pass both checks pass the one that joins them"),
+        },
+    }
+}
+
+/// An object's members with unique keys, as the values the master checks.
+struct Members(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+    type Value = Members;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+        let mut values = Map::new();
+        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+            if values.contains_key(&key) {
+                return Err(duplicate(&key));
+            }
+            values.insert(key, value);
+        }
+        Ok(Members(values))
+    }
+}
+
+/// An object whose keys are all different, its values skipped raw.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut keys = BTreeSet::new();
+        while let Some((key, _)) = map.next_entry::<String, &RawValue>()? {
+            if keys.contains(&key) {
+                return Err(duplicate(&key));
+            }
+            keys.insert(key);
+        }
+        Ok(UniqueKeys)
+    }
+}
