@@ -57,15 +57,25 @@ fuzz_target!(|line: &[u8]| {
                         "args is an object: {}",
                         args.get()
                     );
-                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args.get())
-                        .expect("args decode as the worker will decode them");
+                    let decoded: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(args.get())
+                            .expect("args decode as the worker will decode them");
+                    assert_eq!(
+                        decoded, args.values,
+                        "the master checks what the worker runs"
+                    );
                     assert_ne!(*timeout_ms, Some(0));
                     let _ = job;
                     check_deadline(*timeout_ms);
                 }
                 Op::Enqueue { args, options, .. } => {
-                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args.get())
-                        .expect("args decode as the keeper will decode them");
+                    let decoded: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_str(args.get())
+                            .expect("args decode as the keeper will decode them");
+                    assert_eq!(
+                        decoded, args.values,
+                        "the master checks what the keeper stores"
+                    );
                     check_deadline(options.delay_ms);
                 }
                 Op::Result { job_id, wait_ms } => {
@@ -74,6 +84,7 @@ fuzz_target!(|line: &[u8]| {
                 }
                 Op::Cancel { job_id } => assert!(*job_id > 0),
                 Op::Pause { queue, .. } => assert!(!queue.is_empty()),
+                Op::Admin(admin) => assert!(!admin.name().is_empty()),
                 Op::Status | Op::Ping | Op::Jobs | Op::Queues => {}
             }
         }
