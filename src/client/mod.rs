@@ -122,14 +122,37 @@ fn parse_args(what: &str, args: Option<&str>) -> Result<Value, i32> {
 
 /// A duration on the command line: a bare number is seconds, else humantime ("10s",
 /// "500ms", "5m").
+/// At most a century ([`crate::durations`]): the commands add it to `Instant::now()`, which
+/// would panic far enough out (and `Duration::from_secs_f64` past `u64::MAX` seconds).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<f64>() {
-        if seconds.is_finite() && seconds > 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Err("the duration must be positive".to_string());
         }
-        return Err("the duration must be positive".to_string());
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("{text} seconds is too long: at most 100 years"))
+            .and_then(crate::durations::bounded);
     }
-    humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. \"10s\" or \"500ms\")"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write e.g. \"10s\" or \"500ms\")"))
+        .and_then(crate::durations::bounded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn command_line_durations_are_positive_and_at_most_a_century() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0").is_err());
+        for huge in ["1e30", "300000000000y", "101y"] {
+            let error = parse_duration(huge).unwrap_err();
+            assert!(error.contains("too long"), "{huge}: {error}");
+        }
+    }
 }
 
 pub(crate) fn submit(socket: &Path, job: &str, args: Option<&str>, timeout_ms: Option<u64>) -> i32 {
