@@ -324,7 +324,9 @@ fn random_workers_killed_every_100ms_under_load_answer_every_request_exactly_onc
     let load = SteadyLoad::start(&service, 4);
     let mut killed = 0;
     let storm = Instant::now();
-    while storm.elapsed() < Duration::from_secs(4) {
+    // Forty kills, or as many as 20 s allow on a loaded machine (a turn can take longer
+    // than its 100 ms pace there; a fixed 4 s once gave only 19).
+    while killed < 40 && storm.elapsed() < Duration::from_secs(20) {
         // The storm's pace, not a synchronisation.
         thread::sleep(Duration::from_millis(100));
         let pids = service.worker_pids();
