@@ -244,34 +244,49 @@ pub fn write_frame<T: Serialize>(writer: &mut impl Write, message: &T) -> io::Re
 
 /// Accumulates bytes read from a non-blocking channel and yields whole frames (the master's
 /// side, which never blocks on a worker).
+///
+/// Decoded frames are skipped by an offset, not drained one by one: a read that brings
+/// hundreds of frames at once (the keeper's answers to a batch) would otherwise move the
+/// rest of the buffer once per frame.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
     bytes: Vec<u8>,
+    /// Where the next frame starts; everything before it is decoded.
+    start: usize,
 }
 
 impl FrameBuffer {
     pub fn extend(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
         self.bytes.extend_from_slice(bytes);
     }
 
     /// The next complete frame, decoded; `None` while the frame is still incomplete.
     pub fn next_frame<T: for<'de> Deserialize<'de>>(&mut self) -> Option<io::Result<T>> {
-        if self.bytes.len() < 4 {
+        let bytes = &self.bytes[self.start..];
+        if bytes.len() < 4 {
             return None;
         }
-        let len = u32::from_le_bytes(self.bytes[..4].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
             return Some(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "frame too large",
             )));
         }
-        if self.bytes.len() < 4 + len {
+        if bytes.len() < 4 + len {
             return None;
         }
-        let decoded = serde_json::from_slice(&self.bytes[4..4 + len])
+        let decoded = serde_json::from_slice(&bytes[4..4 + len])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-        self.bytes.drain(..4 + len);
+        self.start += 4 + len;
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        }
         Some(decoded)
     }
 }
