@@ -96,6 +96,10 @@ struct Keeper {
     setup: KeeperSetup,
     pool: Pool,
     writer: Arc<Mutex<UnixStream>>,
+    /// Answers encoded while a batch of frames is handled, written to the master in one
+    /// write at its end ([`Keeper::flush_answers`]): one syscall, and one wake-up of the
+    /// master, per batch instead of per request.
+    answers: std::cell::RefCell<Vec<u8>>,
     ready: bool,
     next_prepare: Instant,
     prepare_retry: Duration,
@@ -154,6 +158,7 @@ fn serve(channel: UnixStream, master: i32, setup: KeeperSetup) -> i32 {
         setup,
         pool,
         writer,
+        answers: std::cell::RefCell::new(Vec::new()),
         ready: false,
         next_prepare: now,
         prepare_retry: PREPARE_RETRY_MIN,
@@ -407,9 +412,25 @@ impl Keeper {
     }
 
     fn send(&self, message: &FromKeeper) {
-        let frame = ipc::encode(message);
+        self.write(&ipc::encode(message));
+    }
+
+    /// Queues one answer; it leaves with the batch's others at [`Keeper::flush_answers`].
+    fn queue_answer(&self, message: &FromKeeper) {
+        ipc::encode_into(&mut self.answers.borrow_mut(), message);
+    }
+
+    /// Writes the answers queued since the last flush, in one write.
+    fn flush_answers(&self) {
+        let answers = std::mem::take(&mut *self.answers.borrow_mut());
+        if !answers.is_empty() {
+            self.write(&answers);
+        }
+    }
+
+    fn write(&self, frames: &[u8]) {
         let mut channel = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = channel.write_all(&frame) {
+        if let Err(e) = channel.write_all(frames) {
             // The master is gone: the next read sees it and the keeper exits.
             log::debug!(target: "forkpool::queue", "writing to the master: {e}");
         }

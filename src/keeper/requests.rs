@@ -45,6 +45,7 @@ impl Keeper {
         if !enqueues.is_empty() {
             self.enqueue(enqueues);
         }
+        self.flush_answers();
         if stop {
             return Some(self.stop());
         }
@@ -55,12 +56,17 @@ impl Keeper {
         None
     }
 
+    /// Queues the answer to `request`; the batch's answers leave together when it is done.
     fn answer(&self, request: u64, outcome: Result<Value, ErrorBody>, finished: bool) {
         let (ok, text) = match outcome {
             Ok(value) => (true, value.to_string()),
             Err(error) => (false, error.to_json()),
         };
-        self.send(&FromKeeper::Answer {
+        self.answer_text(request, ok, text, finished);
+    }
+
+    fn answer_text(&self, request: u64, ok: bool, text: String, finished: bool) {
+        self.queue_answer(&FromKeeper::Answer {
             request,
             ok,
             body: RawValue::from_string(text).expect("answers are JSON"),
@@ -84,38 +90,41 @@ impl Keeper {
     /// then stores the good ones in one statement; one at a time if that statement fails, so
     /// one bad request cannot fail the others.
     fn enqueue(&mut self, requests: Vec<(u64, String, Box<RawValue>, EnqueueOptions)>) {
-        let mut checked = Vec::with_capacity(requests.len());
+        let (mut ids, mut jobs) = (Vec::with_capacity(requests.len()), Vec::new());
+        jobs.reserve(requests.len());
         for (request, job, args, options) in requests {
             if !self.ready {
                 self.answer(request, Err(self.not_ready()), false);
                 continue;
             }
             match self.check_enqueue(job, &args, options) {
-                Ok(new_job) => checked.push((request, new_job)),
+                Ok(new_job) => {
+                    ids.push(request);
+                    jobs.push(new_job);
+                }
                 Err(error) => self.answer(request, Err(error), false),
             }
         }
-        if checked.is_empty() {
+        if jobs.is_empty() {
             return;
         }
-        let jobs: Vec<NewJob> = checked.iter().map(|(_, job)| job.clone()).collect();
         let batch = self
             .checkout()
             .and_then(|mut conn| enqueue::enqueue_batch(&mut conn, &jobs));
         match batch {
             Ok(stored) => {
-                for ((request, job), stored) in checked.iter().zip(stored) {
+                for ((request, job), stored) in ids.iter().zip(&jobs).zip(stored) {
                     self.answer_enqueued(*request, job, stored);
                 }
             }
-            Err(error) if checked.len() == 1 => {
+            Err(error) if jobs.len() == 1 => {
                 let body = pool_error_body(error, &self.setup.database);
-                self.answer(checked[0].0, Err(body), false);
+                self.answer(ids[0], Err(body), false);
             }
             Err(error) => {
                 // The statement is atomic: nothing of the batch was stored.
-                debug!(target: "forkpool::queue", "a batch of {} enqueues failed ({error}); one at a time", checked.len());
-                for (request, job) in checked {
+                debug!(target: "forkpool::queue", "a batch of {} enqueues failed ({error}); one at a time", jobs.len());
+                for (request, job) in ids.into_iter().zip(jobs) {
                     let one = self
                         .checkout()
                         .and_then(|mut conn| enqueue::enqueue_one(&mut conn, &job));
@@ -131,14 +140,18 @@ impl Keeper {
         job: &NewJob,
         stored: Result<Enqueued, crate::pool::Error>,
     ) {
-        let outcome = match stored {
+        match stored {
             Ok(stored) => {
                 debug!(target: "forkpool::queue", "enqueued job {} ({}), duplicate: {}", stored.job_id, job.job, stored.duplicate);
-                Ok(json!(stored))
+                // Written straight from the struct: no `Value` tree per job.
+                let text = serde_json::to_string(&stored).expect("an answer serializes");
+                self.answer_text(request, true, text, false);
             }
-            Err(error) => Err(pool_error_body(error, &self.setup.database)),
-        };
-        self.answer(request, outcome, false);
+            Err(error) => {
+                let body = pool_error_body(error, &self.setup.database);
+                self.answer(request, Err(body), false);
+            }
+        }
     }
 
     fn check_enqueue(

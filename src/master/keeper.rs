@@ -89,10 +89,13 @@ impl KeeperSlot {
         self.deaths_in_a_row = 0;
     }
 
+    /// Queues `message` for the keeper. It is written when the loop next polls (the keeper's
+    /// channel then wants to write, so that poll returns at once): every frame of one turn —
+    /// a client's pipelined enqueues — leaves in one write, not one write per frame.
     pub fn send(&mut self, message: &ToKeeper) -> bool {
         match &mut self.process {
             Some(process) => {
-                process.channel.send(message);
+                process.channel.queue(message);
                 true
             }
             None => false,
