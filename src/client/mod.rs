@@ -138,23 +138,6 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .and_then(crate::durations::bounded)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn command_line_durations_are_positive_and_at_most_a_century() {
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("0").is_err());
-        for huge in ["1e30", "300000000000y", "101y"] {
-            let error = parse_duration(huge).unwrap_err();
-            assert!(error.contains("too long"), "{huge}: {error}");
-        }
-    }
-}
-
 pub(crate) fn submit(socket: &Path, job: &str, args: Option<&str>, timeout_ms: Option<u64>) -> i32 {
     let args = match parse_args("ARGS_JSON", args) {
         Ok(args) => args,
@@ -201,4 +184,21 @@ pub(crate) fn status(socket: &Path, as_json: bool, as_prometheus: bool) -> i32 {
         print!("{}", status_table::render(status));
     }
     EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn command_line_durations_are_positive_and_at_most_a_century() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0").is_err());
+        for huge in ["1e30", "300000000000y", "101y"] {
+            let error = parse_duration(huge).unwrap_err();
+            assert!(error.contains("too long"), "{huge}: {error}");
+        }
+    }
 }
