@@ -5,11 +5,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use support::{Cluster, Service, ServiceOptions, APP_DATABASE};
+use support::{forkpool_command, Cluster, Service, ServiceOptions, APP_DATABASE};
 
 /// Fails for good at its first attempt: division by zero, one attempt allowed.
 const DIVIDE_BY_ZERO: &str = r#"
@@ -33,22 +33,12 @@ fn service() -> &'static Service {
     })
 }
 
-/// Runs the binary with `args`, with no socket or config from the environment.
-fn forkpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forkpool"))
-        .args(args)
-        .env_remove("FORKPOOL_SOCKET")
-        .env_remove("FORKPOOL_CONFIG")
-        .output()
-        .expect("running the forkpool binary")
-}
-
 /// `forkpool COMMAND --socket <the service's> ARGS...`
 fn on_service(command: &str, args: &[&str]) -> Output {
     let socket = service().socket.to_str().expect("a UTF-8 socket path");
     let mut all = vec![command, "--socket", socket];
     all.extend_from_slice(args);
-    forkpool(&all)
+    forkpool_command(&all)
 }
 
 /// The exit code, stdout as JSON, and a description for assertion messages.
@@ -225,7 +215,7 @@ fn unreachable_socket_exits_3() {
         &["result", "--socket", "/nonexistent/x.sock", "1"][..],
         &["cancel", "--socket", "/nonexistent/x.sock", "1"][..],
     ] {
-        let output = forkpool(args);
+        let output = forkpool_command(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(3), "{args:?}: {stderr}");
         assert!(stderr.contains("cannot reach forkpool at"), "{stderr}");
@@ -255,11 +245,11 @@ fn migrate_twice_on_a_fresh_database_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &url, "main", "");
 
-    let first = forkpool(&["migrate", "--config", &config]);
+    let first = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert_eq!(first.status.code(), Some(0), "{stdout}{:?}", first.stderr);
     assert_eq!(stdout.trim(), "schema at version 1 (was 0)");
-    let second = forkpool(&["migrate", "--config", &config]);
+    let second = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout.trim(), "schema at version 1 (was 1)");
@@ -280,14 +270,16 @@ fn migrate_refuses_a_newer_schema_an_unreachable_database_and_durable_jobs_off()
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &url, "main", "");
     assert_eq!(
-        forkpool(&["migrate", "--config", &config]).status.code(),
+        forkpool_command(&["migrate", "--config", &config])
+            .status
+            .code(),
         Some(0)
     );
     cluster
         .superuser_in("cli_migrate_newer")
         .batch_execute("INSERT INTO forkpool.schema_version (version) VALUES (99)")
         .unwrap();
-    let newer = forkpool(&["migrate", "--config", &config]);
+    let newer = forkpool_command(&["migrate", "--config", &config]);
     let stderr = String::from_utf8_lossy(&newer.stderr);
     assert_eq!(newer.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("version 99"), "{stderr}");
@@ -305,13 +297,13 @@ fn migrate_refuses_a_newer_schema_an_unreachable_database_and_durable_jobs_off()
         "main",
         "checkout_timeout = \"1s\"\nconnect_timeout = \"500ms\"",
     );
-    let unreachable = forkpool(&["migrate", "--config", &config]);
+    let unreachable = forkpool_command(&["migrate", "--config", &config]);
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
     assert_eq!(unreachable.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("migrating database `main`"), "{stderr}");
 
     let config = write_config(dir.path(), &url, "", "");
-    let off = forkpool(&["migrate", "--config", &config]);
+    let off = forkpool_command(&["migrate", "--config", &config]);
     let stderr = String::from_utf8_lossy(&off.stderr);
     assert_eq!(off.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("durable jobs are off"), "{stderr}");
@@ -378,7 +370,9 @@ fn queue_pause_lists_the_queue_paused_holds_its_jobs_and_resume_runs_them() {
 
     // --socket after the subcommand too.
     let socket = service().socket.to_str().unwrap();
-    let (code, resumed, out) = answer(&forkpool(&["queue", "resume", &queue, "--socket", socket]));
+    let (code, resumed, out) = answer(&forkpool_command(&[
+        "queue", "resume", &queue, "--socket", socket,
+    ]));
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
         resumed["result"],
@@ -401,7 +395,7 @@ fn queue_commands_exit_1_when_refused_2_on_bad_usage_3_when_unreachable() {
     assert_eq!(refused["error"]["kind"], "bad_request", "{out}");
 
     for args in [&["queue", "pause"][..], &["queue", "frobnicate"][..]] {
-        let output = forkpool(args);
+        let output = forkpool_command(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
     }
@@ -424,7 +418,7 @@ fn queue_commands_exit_1_when_refused_2_on_bad_usage_3_when_unreachable() {
             "emails",
         ][..],
     ] {
-        let output = forkpool(args);
+        let output = forkpool_command(args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(3), "{args:?}: {stderr}");
         assert!(stderr.contains("cannot reach forkpool at"), "{stderr}");
@@ -435,7 +429,7 @@ fn queue_commands_exit_1_when_refused_2_on_bad_usage_3_when_unreachable() {
 fn queue_listing_exits_1_when_durable_jobs_are_off() {
     let service = Service::start(ServiceOptions::on(Cluster::shared()));
     let socket = service.socket.to_str().unwrap();
-    let output = forkpool(&["queue", "--socket", socket]);
+    let output = forkpool_command(&["queue", "--socket", socket]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("bad_request"), "{stderr}");

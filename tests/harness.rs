@@ -14,7 +14,11 @@ use std::time::Duration;
 use openssl::ssl::{SslConnector, SslMethod};
 use postgres::{Client, NoTls};
 use postgres_openssl::MakeTlsConnector;
-use support::{find_server_bindir, silent_listener, Cluster, ClusterOptions};
+use support::{find_server_bindir, silent_listener, wait_until_within, Cluster, ClusterOptions};
+
+/// How long things that happen in other processes without a notification (a signal's
+/// delivery, a guardian's cleanup) are waited for.
+const OTHER_PROCESSES: Duration = Duration::from_secs(60);
 
 /// A TLS client that trusts only `ca` and checks the host name, as `verify-full` does.
 fn tls_trusting(ca: &Path) -> MakeTlsConnector {
@@ -234,28 +238,17 @@ fn sigstopped_backend_answers_only_after_sigcont() {
 /// Waits until `/proc/<pid>/stat` shows the state letter (`T`: stopped). Signal delivery is
 /// asynchronous, and there is no event to wait on for it.
 fn wait_for_process_state(pid: i32, state: char) {
-    wait_until(&format!("process {pid} is in state {state}"), || {
-        process_state(pid) == Some(state)
-    });
+    wait_until_within(
+        &format!("process {pid} is in state {state}"),
+        OTHER_PROCESSES,
+        || process_state(pid) == Some(state),
+    );
 }
 
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T`, `Z`…), `None` once gone.
 fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 2..].chars().next()
-}
-
-/// Polls `done` for up to a minute: for things that happen in other processes without a
-/// notification (a signal's delivery, a guardian's cleanup).
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -348,9 +341,11 @@ fn a_killed_test_process_leaves_no_server_behind() {
     child.wait().unwrap();
 
     // The guardian notices the closed pipe and cleans up; wait for its last step.
-    wait_until("the guardian removes the cluster directory", || {
-        !dir.exists()
-    });
+    wait_until_within(
+        "the guardian removes the cluster directory",
+        OTHER_PROCESSES,
+        || !dir.exists(),
+    );
     assert!(!is_running(postmaster));
 }
 

@@ -23,13 +23,10 @@ use chrono::{DateTime, Utc};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::{Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+use support::{wait_until, Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
 /// The lease of every host here: short, so a lost host's jobs come back within seconds.
 const LEASE: &str = "\"2s\"";
-
-/// How often a wait below polls the database.
-const POLL: Duration = Duration::from_millis(20);
 
 /// An exactly-once job with an effect (a row in `effects`, which has no unique constraint,
 /// so a second run would show as a second row), then a sleep while its transaction is open.
@@ -134,18 +131,6 @@ fn final_state(service: &Service, job_id: i64) -> Value {
         service.logs()
     );
     job
-}
-
-/// Polls `done` until it holds; panics naming `what` after `EVENT_TIMEOUT`.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "waited {EVENT_TIMEOUT:?} until {what}"
-        );
-        std::thread::sleep(POLL);
-    }
 }
 
 fn count(cluster: &Cluster, sql: &str) -> i64 {

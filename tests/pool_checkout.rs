@@ -7,7 +7,7 @@ use forkpool::pool::{ConnInfo, Error, Pool, PoolSettings, ResetOnReturn};
 use std::collections::HashSet;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
-use support::{Cluster, APP_PASSWORD};
+use support::{wait_until, Cluster, APP_PASSWORD};
 
 /// Every log line of this test binary, so tests can look for warnings and for passwords.
 static LOG_LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -607,14 +607,5 @@ fn statement_timeout_and_application_name_reach_the_session() {
     match error {
         Error::Db(db) => assert_eq!(db.sqlstate, "57014", "query_canceled"),
         other => panic!("expected the server's statement timeout, got {other:?}"),
-    }
-}
-
-/// Polls `condition` (an outside event we cannot subscribe to) for up to 10 s.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

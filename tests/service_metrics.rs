@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::procfs::{descriptors, tcp_sockets_of};
-use support::{Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+use support::{wait_until, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
 /// `SELECT 10 / :d`: `d = 0` fails with `db_error` (division by zero) on the worker.
 const DIVIDE: &str = r#"
@@ -154,19 +154,6 @@ fn python_with_prometheus_client() -> Option<String> {
                 .output()
                 .is_ok_and(|out| out.status.success())
         })
-}
-
-/// Checks `done` until it holds; fails after `EVENT_TIMEOUT`. For what has no event a test
-/// can await (the master closing its end of a connection).
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "waited {EVENT_TIMEOUT:?} for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use support::procfs::{descriptors, socket_inodes, tcp_inodes, thread_count};
-use support::{Client, Cluster, Service, ServiceOptions};
+use support::{forkpool_command, Client, Cluster, Service, ServiceOptions};
 
 // ---- /proc helpers -------------------------------------------------------------------------
 
@@ -53,16 +53,6 @@ const GLIBC_SIGCANCEL: u64 = 1 << 31;
 const GLIBC_SIGSETXID: u64 = 1 << 32;
 
 // ---- command line helpers ------------------------------------------------------------------
-
-/// Runs the binary with `args`, with no socket or config from the environment.
-fn forkpool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_forkpool"))
-        .args(args)
-        .env_remove("FORKPOOL_SOCKET")
-        .env_remove("FORKPOOL_CONFIG")
-        .output()
-        .expect("running the forkpool binary")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -283,7 +273,7 @@ fn check_reports_every_config_problem_at_once() {
     )
     .unwrap();
 
-    let output = forkpool(&["check", "--config", config.to_str().unwrap()]);
+    let output = forkpool_command(&["check", "--config", config.to_str().unwrap()]);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "stderr:\n{err}");
     for needle in [
@@ -304,7 +294,7 @@ fn check_reports_every_config_problem_at_once() {
 
 #[test]
 fn submit_to_a_missing_socket_says_the_service_is_not_running() {
-    let missing = forkpool(&[
+    let missing = forkpool_command(&[
         "submit",
         "--socket",
         "/nonexistent/x.sock",
@@ -320,12 +310,12 @@ fn submit_to_a_missing_socket_says_the_service_is_not_running() {
     let service = Service::start(ServiceOptions::on(Cluster::shared()));
     let socket = socket_arg(&service);
 
-    let ok = forkpool(&["submit", "--socket", socket, "add", r#"{"a":1}"#]);
+    let ok = forkpool_command(&["submit", "--socket", socket, "add", r#"{"a":1}"#]);
     assert_eq!(ok.status.code(), Some(0), "stderr:\n{}", stderr(&ok));
     let answer: Value = serde_json::from_str(&stdout(&ok)).unwrap();
     assert_eq!(answer["result"]["rows"][0]["sum"], 2);
 
-    let not_object = forkpool(&["submit", "--socket", socket, "add", "[1, 2]"]);
+    let not_object = forkpool_command(&["submit", "--socket", socket, "add", "[1, 2]"]);
     assert_eq!(
         not_object.status.code(),
         Some(2),
@@ -333,7 +323,7 @@ fn submit_to_a_missing_socket_says_the_service_is_not_running() {
         stderr(&not_object)
     );
 
-    let failing = forkpool(&["submit", "--socket", socket, "no_such_job", "{}"]);
+    let failing = forkpool_command(&["submit", "--socket", socket, "no_such_job", "{}"]);
     assert_eq!(
         failing.status.code(),
         Some(1),
@@ -393,7 +383,7 @@ fn status_prints_a_table_and_json() {
                 .all(|w| w["rss_bytes"].as_u64() > Some(0) && w["pools"]["main"]["in_use"] == 1)
     });
 
-    let json_output = forkpool(&["status", "--socket", &socket, "--json"]);
+    let json_output = forkpool_command(&["status", "--socket", &socket, "--json"]);
     assert_eq!(json_output.status.code(), Some(0));
     let status: Value = serde_json::from_str(&stdout(&json_output))
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(&json_output)));
@@ -434,7 +424,7 @@ fn status_prints_a_table_and_json() {
         assert_eq!(pool["checkouts"], worker["jobs_done"].as_u64().unwrap() + 1);
     }
 
-    let table_output = forkpool(&["status", "--socket", &socket]);
+    let table_output = forkpool_command(&["status", "--socket", &socket]);
     assert_eq!(table_output.status.code(), Some(0));
     let table = stdout(&table_output);
     let expected_queue = format!(

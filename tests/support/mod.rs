@@ -13,6 +13,7 @@ mod cluster;
 mod frozen;
 mod installation;
 mod own_database;
+mod poll;
 pub mod procfs;
 mod server_files;
 mod service;
@@ -30,6 +31,7 @@ pub use cluster::{
     HARNESS_APPLICATION_NAME,
 };
 pub use frozen::Frozen;
+pub use poll::{forkpool_command, wait_until, wait_until_within};
 pub use procfs::tcp_socket_count;
 pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
 pub use silent::{silent_listener, SilentListener};
