@@ -31,6 +31,9 @@ pub struct Client {
     partial: Vec<u8>,
     output: Vec<u8>,
     written: usize,
+    /// Answers were queued this turn and not yet tried: the loop writes them all at the end
+    /// of the turn, one write per client however many jobs it answered.
+    flush_due: bool,
     /// Close once the pending answers are written (after `too_large`, `forbidden` or
     /// `too_many_clients`).
     pub close_after_flush: bool,
@@ -54,6 +57,7 @@ impl Client {
             partial: Vec::new(),
             output: Vec::new(),
             written: 0,
+            flush_due: false,
             close_after_flush: false,
             read_closed: false,
             peer,
@@ -126,15 +130,24 @@ impl Client {
         }
     }
 
-    /// Queues an answer and writes as much as the socket takes now.
+    /// Queues an answer; the loop writes it at the end of the turn ([`Client::flush_due`]),
+    /// together with the other answers of the turn.
     pub fn send(&mut self, line: &[u8]) {
         self.last_activity = Instant::now();
         self.output.extend_from_slice(line);
-        let _ = self.flush();
+        self.flush_due = true;
+    }
+
+    /// Whether answers were queued since the last write: the end of the turn writes them.
+    /// A client whose socket was full waits for POLLOUT instead (no write just to hear
+    /// EAGAIN every turn).
+    pub fn flush_due(&self) -> bool {
+        self.flush_due
     }
 
     /// Writes pending answers until done or the socket is full.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.flush_due = false;
         while self.written < self.output.len() {
             match self.stream.write(&self.output[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -213,6 +226,15 @@ impl Clients {
         self.connected.values_mut()
     }
 
+    /// The clients answered this turn whose answers are not written yet.
+    pub fn flush_due(&self) -> Vec<ClientId> {
+        self.connected
+            .iter()
+            .filter(|(_, client)| client.flush_due())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.connected.len()
     }
@@ -237,5 +259,40 @@ impl Clients {
                 .values()
                 .filter_map(|c| c.idle_deadline(timeout)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(stream: &mut UnixStream) -> Vec<u8> {
+        let mut buffer = [0u8; 4096];
+        match stream.read(&mut buffer) {
+            Ok(n) => buffer[..n].to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+            Err(e) => panic!("reading the client's end: {e}"),
+        }
+    }
+
+    #[test]
+    fn answers_wait_for_the_turns_flush_and_leave_in_one_write() {
+        let (master_end, mut client_end) = UnixStream::pair().unwrap();
+        master_end.set_nonblocking(true).unwrap();
+        client_end.set_nonblocking(true).unwrap();
+        let mut client = Client::new(master_end, None);
+        assert!(!client.flush_due());
+
+        client.send(b"{\"id\":1}\n");
+        client.send(b"{\"id\":2}\n");
+        assert!(client.flush_due(), "answers queued this turn are due");
+        assert!(
+            pending(&mut client_end).is_empty(),
+            "nothing is written before the end of the turn"
+        );
+
+        client.flush().unwrap();
+        assert!(!client.flush_due() && !client.wants_write());
+        assert_eq!(pending(&mut client_end), b"{\"id\":1}\n{\"id\":2}\n");
     }
 }

@@ -30,6 +30,7 @@
 //! | (every turn)             | `progress_stop`: the stop's next step when due      | control    |
 //! | (every turn)             | `answer_reloads`: once the new generation serves    | control    |
 //! | (every turn)             | `notify_systemd`: READY, STATUS, WATCHDOG when due  | status     |
+//! | (every turn, last)       | `flush_answers`: one write per client answered      | requests   |
 
 mod admin_requests;
 mod admission;
@@ -232,6 +233,7 @@ impl Master {
             self.progress_stop();
             self.answer_reloads();
             self.notify_systemd();
+            self.flush_answers();
             if let Some(code) = self.finished() {
                 return code;
             }

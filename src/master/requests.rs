@@ -51,7 +51,7 @@ impl Master {
                 warn!("refused {client}: {}", body.message);
                 client.send(&protocol::error_line(&protocol::null_id(), &body.to_json()));
                 client.close_after_flush = true;
-                if client.finished() {
+                if client.flush().is_err() || client.finished() {
                     // Answered in full: dropping it closes it now, so the refused peer sees
                     // EOF right after the answer and holds no slot.
                     continue;
@@ -126,6 +126,15 @@ impl Master {
         }
     }
 
+    /// Writes the answers queued this turn: one write per client for all of its answers
+    /// (the loop calls it last, before waiting). A client that is finished or owed nothing
+    /// more after its half-close is closed here.
+    pub(super) fn flush_answers(&mut self) {
+        for id in self.clients.flush_due() {
+            self.flush_client(id);
+        }
+    }
+
     pub(super) fn flush_client(&mut self, id: ClientId) {
         let Some(client) = self.clients.get_mut(id) else {
             return;
@@ -138,15 +147,10 @@ impl Master {
     }
 
     pub(super) fn answer(&mut self, client: ClientId, line: &[u8]) {
+        // Written by `flush_answers` at the end of the turn, which also closes the client
+        // if this was the last answer it was owed.
         if let Some(c) = self.clients.get_mut(client) {
             c.send(line);
-            if c.finished() {
-                self.clients.remove(client);
-                return;
-            }
-            if c.read_closed {
-                self.close_if_answered(client);
-            }
         }
     }
 
