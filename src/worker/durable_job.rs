@@ -389,7 +389,7 @@ impl DurableRun<'_> {
     /// The `run` result object with this worker's fields (DESIGN §5), as JSON text.
     fn result_object(&self, mut result: Value, started: Instant) -> String {
         result["worker"] = json!(self.slot);
-        result["pid"] = json!(std::process::id());
+        result["pid"] = json!(super::own_pid());
         result["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
         result.to_string()
     }
