@@ -344,3 +344,49 @@ fn the_master_stays_one_thread_without_a_database_socket_while_durable_jobs_run(
         assert_eq!(final_state(service, id)["state"], "completed");
     }
 }
+
+/// An idle host does not answer one new job with a claim from every idle slot: a wake-up
+/// sends one seeking claim, and only a claim that found a job lets another one seek
+/// (DESIGN §12, Wake-ups). Eight idle slots, ten jobs one at a time: every slot claiming at
+/// every wake-up (the enqueue's answer, its NOTIFY, the job's settling) came back empty at
+/// least eight times per job. Its own database, so no other test's NOTIFY wakes it; polls
+/// an hour apart, so none adds a claim.
+#[test]
+fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
+    let cluster = Cluster::shared();
+    let database = "one_job_at_a_time";
+    let exists = cluster.query_value(&format!(
+        "SELECT count(*) FROM pg_database WHERE datname = '{database}'"
+    ));
+    if exists.as_deref() == Some("0") {
+        cluster.execute(&format!("CREATE DATABASE {database} OWNER app"));
+    }
+    let mut options = ServiceOptions::on(cluster)
+        .durable()
+        .queue_key("poll_interval", "\"1h\"");
+    options.workers = 2;
+    options.threads = 4;
+    options.database_url = options
+        .database_url
+        .replace("dbname=app", &format!("dbname={database}"));
+    let service = Service::start(options);
+    service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
+    let jobs = 10;
+    for n in 0..jobs {
+        let id = enqueue(
+            &service,
+            json!({"id": n, "job": "add", "args": {"a": n}, "queue": "one_at_a_time"}),
+        );
+        assert_eq!(final_state(&service, id)["state"], "completed");
+    }
+    // A job's `result` can answer before the master hears its worker settle it.
+    let status = service.wait_for_status("every job settled", |s| {
+        s["durable"]["totals"]["completed"] == jobs
+    });
+    let totals = &status["durable"]["totals"];
+    let empty = totals["empty_claims"].as_u64().expect("empty_claims");
+    assert!(
+        empty <= 5 * jobs,
+        "{empty} empty claims for {jobs} jobs run one at a time on 8 idle slots: {totals}"
+    );
+}

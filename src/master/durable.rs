@@ -4,9 +4,13 @@
 //! - **Wake-ups.** `maybe_work` says jobs may wait: set by a socket enqueue, the keeper's
 //!   `Wake` (a NOTIFY, a rescue), a settled job, and every `queue.poll_interval`; cleared by
 //!   a claim that came back empty — unless a wake-up came after that claim was sent (the
-//!   wake generation), so a NOTIFY racing an empty claim is never lost. A poll sends one
-//!   probing claim, not one per idle slot: an idle host costs one statement per interval,
-//!   and a probe that finds a job wakes every slot.
+//!   wake generation), so a NOTIFY racing an empty claim is never lost.
+//! - **Seekers.** A claim that has not found a job yet is a seeker, and only `seekers` of
+//!   them go out at once: a wake-up allows one (an enqueue answered over the socket one per
+//!   job it announces), and each claim that finds a job allows one more, so a backlog fans
+//!   out to every free slot in a few round trips (1, 2, 4, …) while one new job costs one or
+//!   two claim statements instead of one per idle slot. An idle host's poll is one claim per
+//!   interval.
 //! - **Claims.** Each free slot gets at most one claim at a time (no prefetch); `run` jobs
 //!   waiting for a client go first; `queue.concurrency` and `[queue.limits]` cap them.
 //! - **Rescue.** A worker that dies has its jobs taken back by the keeper at once (it knows
@@ -27,6 +31,10 @@ use crate::ipc::{ClaimedJob, FromKeeper, ToKeeper, ToWorker};
 /// How long a worker may take to answer a claim (its statement is bounded by 10 s) before
 /// the master treats it as hung and kills it.
 pub const CLAIM_ANSWER_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A bound on [`Durable::seekers`]: far above any host's slots, so it never limits a fan-out,
+/// while a burst of enqueues cannot grow the count without end.
+const MAX_SEEKERS: usize = 1 << 16;
 
 /// One claim sent to a worker slot.
 pub struct ClaimInFlight {
@@ -52,6 +60,9 @@ pub struct DurableTotals {
     pub released: u64,
     pub lost: u64,
     pub rescued: u64,
+    /// Claims that came back without a job (and without an error): the statements the
+    /// wake-ups cost beyond the jobs they found.
+    pub empty_claims: u64,
 }
 
 /// The durable room's state.
@@ -61,8 +72,9 @@ pub struct Durable {
     pub ready: bool,
     pub unready_why: Option<String>,
     maybe_work: bool,
-    /// The wake-up is a poll's: one claim at a time until one finds a job.
-    probing: bool,
+    /// How many claims that have not found a job yet may be out at once (see the module
+    /// doc); 0 once a claim came back empty.
+    seekers: usize,
     wake_generation: u64,
     next_poll: Option<Instant>,
     next_claim_id: u64,
@@ -79,18 +91,18 @@ pub struct Durable {
 }
 
 impl Durable {
-    /// Jobs may be waiting: idle slots should claim.
-    pub fn wake(&mut self) {
+    /// Jobs may be waiting: `jobs` more claims may seek them (at least one).
+    pub fn wake(&mut self, jobs: usize) {
         self.maybe_work = true;
-        self.probing = false;
+        self.seekers = self.seekers.saturating_add(jobs.max(1)).min(MAX_SEEKERS);
         self.wake_generation += 1;
     }
 
-    /// The poll's wake-up: one probing claim, unless work is already known to wait.
+    /// The poll's wake-up: one claim, unless work is already known to wait.
     fn poll(&mut self) {
         if !self.maybe_work {
             self.maybe_work = true;
-            self.probing = true;
+            self.seekers = 1;
             self.wake_generation += 1;
         }
     }
@@ -107,10 +119,10 @@ impl Durable {
 
     /// Whether another claim should go out now.
     fn wants_claim(&self, queue: &QueueConfig) -> bool {
-        let probe_out = self.probing && self.claims.values().any(|c| c.job.is_none());
+        let seeking = self.claims.values().filter(|c| c.job.is_none()).count();
         self.ready
             && self.maybe_work
-            && !probe_out
+            && seeking < self.seekers
             && !self.keeper.is_gone()
             && self.in_flight() < queue.concurrency.unwrap_or(usize::MAX)
     }
@@ -241,19 +253,23 @@ impl Master {
         match job {
             Some(job) => {
                 self.durable.totals.claimed += 1;
-                // Found work: every idle slot may claim now, not only the probe.
-                self.durable.probing = false;
+                // Found work: one more claim may seek (the fan-out doubles per round trip).
+                self.durable.seekers = (self.durable.seekers + 1).min(MAX_SEEKERS);
                 if let Some(claim) = self.durable.claims.get_mut(&claim_id) {
                     claim.job = Some((job, Instant::now()));
                 }
             }
             None => {
-                if let Some(error) = &error {
-                    debug!(target: "forkpool::queue", "worker {slot}: claim failed: {error}");
+                match &error {
+                    Some(error) => {
+                        debug!(target: "forkpool::queue", "worker {slot}: claim failed: {error}")
+                    }
+                    None => self.durable.totals.empty_claims += 1,
                 }
                 if let Some(claim) = self.durable.claims.remove(&claim_id) {
                     if claim.wake_generation == self.durable.wake_generation || error.is_some() {
                         self.durable.maybe_work = false;
+                        self.durable.seekers = 0;
                     }
                 }
                 if let Some(worker) = self.workers.get_mut(slot) {
@@ -279,7 +295,7 @@ impl Master {
             _ => totals.lost += 1,
         }
         // More may wait behind it; an empty claim will say if not.
-        self.durable.wake();
+        self.durable.wake(1);
         self.reread_results_of(job_id);
     }
 
@@ -333,7 +349,7 @@ impl Master {
                     info!(target: "forkpool::queue", "durable jobs ready (schema version {schema_version})");
                     self.durable.ready = true;
                     self.durable.unready_why = None;
-                    self.durable.wake();
+                    self.durable.wake(1);
                 }
                 FromKeeper::Unready { why } => {
                     self.durable.ready = false;
@@ -345,7 +361,7 @@ impl Master {
                     body,
                     finished,
                 } => self.on_keeper_answer(request, ok, body.get(), finished),
-                FromKeeper::Wake => self.durable.wake(),
+                FromKeeper::Wake => self.durable.wake(1),
                 FromKeeper::Rescued { count } => {
                     self.durable.totals.rescued += count;
                 }
@@ -392,6 +408,7 @@ impl Master {
                 "enqueued": t.enqueued, "claimed": t.claimed, "completed": t.completed,
                 "retried": t.retried, "discarded": t.discarded, "cancelled": t.cancelled,
                 "released": t.released, "lost": t.lost, "rescued": t.rescued,
+                "empty_claims": t.empty_claims,
             },
         })
     }

@@ -221,8 +221,8 @@ impl Master {
         }
         if ok && matches!(pending.what, Asked::Enqueue) {
             self.durable.totals.enqueued += 1;
-            // A worker may be idle right now: no waiting for the poll.
-            self.durable.wake();
+            // A worker may be idle right now: no waiting for the poll. One seeker per job.
+            self.durable.wake(1);
         }
         let line = if ok {
             protocol::ok_line(&pending.request_id, body)
