@@ -390,3 +390,41 @@ fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
         "{empty} empty claims for {jobs} jobs run one at a time on 8 idle slots: {totals}"
     );
 }
+
+/// The keeper's enqueue and `result` statements run in autocommit, so their session goes
+/// back to the pool without a `ROLLBACK` (a round trip per enqueue batch and per read). The
+/// pool logs every reset at debug; the jobs wait in a paused queue, so no worker runs one.
+#[test]
+fn enqueues_and_result_reads_cost_no_rollback() {
+    let mut options = ServiceOptions::on(Cluster::shared()).durable();
+    options
+        .env
+        .push(("RUST_LOG".into(), "info,forkpool::pool=debug".into()));
+    let service = Service::start(options);
+    service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
+    let queue = "no_rollback";
+    let paused = ask(&service, json!({"id": 0, "op": "pause", "queue": queue}));
+    assert_eq!(paused["ok"], true, "{paused}");
+    // The keeper's start-up chores (migration, defaults, take-back) may reset: not counted.
+    let before = service.logs().lines().count();
+    for n in 0..5 {
+        let id = enqueue(
+            &service,
+            json!({"id": n, "job": "add", "args": {"a": n}, "queue": queue}),
+        );
+        let read = ask(&service, json!({"id": "r", "op": "result", "job_id": id}));
+        assert_eq!(read["result"]["state"], "available", "{read}");
+    }
+    let resets: Vec<String> = service
+        .logs()
+        .lines()
+        .skip(before)
+        .filter(|line| line.contains("reset backend"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        resets.is_empty(),
+        "sessions reset after autocommit statements: {resets:?}"
+    );
+    ask(&service, json!({"id": 9, "op": "resume", "queue": queue}));
+}

@@ -319,6 +319,20 @@ impl Keeper {
         Ok(conn)
     }
 
+    /// Runs `statements` — each in autocommit, none opening a transaction it leaves open — on
+    /// a session, which goes back to the pool without its `ROLLBACK` (one round trip less
+    /// per enqueue batch and per `result` read). A session whose statement timed out is
+    /// still reset at checkin.
+    fn autocommit<T>(
+        &self,
+        statements: impl FnOnce(&mut PooledConnection) -> Result<T, crate::pool::Error>,
+    ) -> Result<T, crate::pool::Error> {
+        let mut conn = self.checkout()?;
+        let done = statements(&mut conn);
+        conn.known_idle();
+        done
+    }
+
     /// Waits for the master's frames until the next chore is due, then takes every frame
     /// already sent (up to [`BATCH`]). `Err(exit code)` when the master is gone.
     fn wait_for_frames(&self, reader: &mut BufReader<UnixStream>) -> Result<Vec<ToKeeper>, i32> {

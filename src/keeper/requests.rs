@@ -108,9 +108,7 @@ impl Keeper {
         if jobs.is_empty() {
             return;
         }
-        let batch = self
-            .checkout()
-            .and_then(|mut conn| enqueue::enqueue_batch(&mut conn, &jobs));
+        let batch = self.autocommit(|conn| enqueue::enqueue_batch(conn, &jobs));
         match batch {
             Ok(stored) => {
                 for ((request, job), stored) in ids.iter().zip(&jobs).zip(stored) {
@@ -125,9 +123,7 @@ impl Keeper {
                 // The statement is atomic: nothing of the batch was stored.
                 debug!(target: "forkpool::queue", "a batch of {} enqueues failed ({error}); one at a time", jobs.len());
                 for (request, job) in ids.into_iter().zip(jobs) {
-                    let one = self
-                        .checkout()
-                        .and_then(|mut conn| enqueue::enqueue_one(&mut conn, &job));
+                    let one = self.autocommit(|conn| enqueue::enqueue_one(conn, &job));
                     self.answer_enqueued(request, &job, one);
                 }
             }
@@ -200,9 +196,7 @@ impl Keeper {
         if !self.ready {
             return self.answer(request, Err(self.not_ready()), false);
         }
-        let read = self
-            .checkout()
-            .and_then(|mut conn| keeping::read_jobs(&mut conn, &[job_id]));
+        let read = self.autocommit(|conn| keeping::read_jobs(conn, &[job_id]));
         match read {
             Ok(rows) => match rows.into_iter().next() {
                 Some((_, state, body)) => {
