@@ -210,6 +210,14 @@ fn render_durable(out: &mut String, durable: &Value) {
     for outcome in DURABLE_OUTCOMES {
         family.sample(&[("outcome", outcome)], number(&durable["totals"][outcome]));
     }
+
+    let mut family = Family::new(
+        out,
+        "forkpool_durable_empty_claims_total",
+        "counter",
+        "Claims that came back without a job: what wake-ups cost beyond the jobs they found.",
+    );
+    family.sample(&[], number(&durable["totals"]["empty_claims"]));
 }
 
 /// Pool series, from each worker's last heartbeat (`PoolStats` per database).
@@ -366,7 +374,8 @@ mod tests {
                 "hosts": [{"host": "a"}, {"host": "b"}],
                 "schedules": [],
                 "totals": {"enqueued": 46, "claimed": 44, "completed": 40, "retried": 2,
-                    "discarded": 2, "cancelled": 0, "released": 0, "lost": 0, "rescued": 1}
+                    "discarded": 2, "cancelled": 0, "released": 0, "lost": 0, "rescued": 1,
+                    "empty_claims": 7}
             }
         });
         let text = render(&status);
@@ -381,6 +390,8 @@ mod tests {
             "# TYPE forkpool_durable_jobs_total counter\n",
             "forkpool_durable_jobs_total{outcome=\"enqueued\"} 46\n",
             "forkpool_durable_jobs_total{outcome=\"rescued\"} 1\n",
+            "# TYPE forkpool_durable_empty_claims_total counter\n\
+             forkpool_durable_empty_claims_total 7\n",
         ] {
             assert!(text.contains(expected), "{expected:?} missing:\n{text}");
         }
