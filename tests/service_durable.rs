@@ -428,3 +428,55 @@ fn enqueues_and_result_reads_cost_no_rollback() {
     );
     ask(&service, json!({"id": 9, "op": "resume", "queue": queue}));
 }
+
+/// `result` reads that reach the keeper together share one statement: fifty pipelined in
+/// one write are read with one session checkout (the pool logs each at debug), not fifty.
+/// Each still gets its own answer, the unknown id its `not_found`.
+#[test]
+fn result_reads_sent_together_share_one_statement() {
+    let mut options = ServiceOptions::on(Cluster::shared())
+        .durable()
+        .queue_key("poll_interval", "\"1h\"");
+    options
+        .env
+        .push(("RUST_LOG".into(), "info,forkpool::pool=debug".into()));
+    let service = Service::start(options);
+    service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
+    let queue = "read_together";
+    let paused = ask(&service, json!({"id": 0, "op": "pause", "queue": queue}));
+    assert_eq!(paused["ok"], true, "{paused}");
+    let id = enqueue(
+        &service,
+        json!({"id": 1, "job": "add", "args": {"a": 1}, "queue": queue}),
+    );
+    let before = service.logs().lines().count();
+    let reads = 50;
+    let mut lines = String::new();
+    for n in 0..reads {
+        let job_id = if n == reads - 1 { i64::MAX } else { id };
+        lines += &format!("{}\n", json!({"id": n, "op": "result", "job_id": job_id}));
+    }
+    let mut client = service.client();
+    client.send_raw(lines.as_bytes());
+    for _ in 0..reads {
+        let answer = client.recv().expect("an answer per read");
+        if answer["id"] == reads - 1 {
+            assert_eq!(answer["error"]["kind"], "not_found", "{answer}");
+        } else {
+            assert_eq!(answer["result"]["job_id"], id, "{answer}");
+            assert_eq!(answer["result"]["state"], "available", "{answer}");
+        }
+    }
+    let checkouts = service
+        .logs()
+        .lines()
+        .skip(before)
+        .filter(|line| line.contains("checkout backend") && line.contains("queue keeper"))
+        .count();
+    // The keeper's own chores (its counts every 2 s) may check out meanwhile.
+    assert!(
+        checkouts <= 5,
+        "{checkouts} keeper checkouts for {reads} reads sent together"
+    );
+    ask(&service, json!({"id": 9, "op": "resume", "queue": queue}));
+}

@@ -6,7 +6,8 @@
 //!    catalog's defaults and takes back what earlier instances of this host held (a master
 //!    killed with SIGKILL), then tells the master `Ready`;
 //! 2. the master's requests: enqueue (in batches: every frame already waiting is one
-//!    statement), `result` reads, `cancel`, and the rescue of a dead worker's jobs;
+//!    statement), `result` reads (batched the same way), `cancel`, and the rescue of a dead
+//!    worker's jobs;
 //! 3. wake-ups: one session `LISTEN`s on `forkpool_jobs` (see [`listen`]) and each
 //!    notification becomes a `Wake` for the master, which hands idle slots a claim;
 //! 4. the counts `status` shows, every [`COUNTS_EVERY`].

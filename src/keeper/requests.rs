@@ -1,5 +1,7 @@
-//! The master's requests to the keeper, each answered once: enqueue (batched), read for
-//! `result`, cancel, rescue of a dead worker's jobs, and the stop.
+//! The master's requests to the keeper, each answered once: enqueue and the reads for
+//! `result` (each batched: one statement for the frames that arrived together), cancel, rescue of a dead worker's jobs, and the stop.
+
+use std::collections::HashMap;
 
 use log::{debug, info, warn};
 use serde_json::value::RawValue;
@@ -21,6 +23,7 @@ impl Keeper {
     /// Handles one batch of frames; `Some(exit code)` once told to stop.
     pub(super) fn handle(&mut self, frames: Vec<ToKeeper>) -> Option<i32> {
         let mut enqueues = Vec::new();
+        let mut reads = Vec::new();
         let mut stop = false;
         let mut exit = false;
         for frame in frames {
@@ -31,7 +34,7 @@ impl Keeper {
                     args,
                     options,
                 } => enqueues.push((request, job, args, options)),
-                ToKeeper::Read { request, job_id } => self.read(request, job_id),
+                ToKeeper::Read { request, job_id } => reads.push((request, job_id)),
                 ToKeeper::Cancel { request, job_id } => self.cancel(request, job_id),
                 ToKeeper::RescueWorker { worker, why } => self.rescue_worker(worker, why),
                 ToKeeper::Renew { job_ids } => self.renew(&job_ids),
@@ -41,6 +44,10 @@ impl Keeper {
                 ToKeeper::Stop => stop = true,
                 ToKeeper::Exit => exit = true,
             }
+        }
+        // After the frames handled in order: a read sees at least what they changed.
+        if !reads.is_empty() {
+            self.read(reads);
         }
         if !enqueues.is_empty() {
             self.enqueue(enqueues);
@@ -191,26 +198,39 @@ impl Keeper {
         })
     }
 
-    /// A `result` read: the job as it is now; `finished` tells the master whether to wait on.
-    fn read(&self, request: u64, job_id: i64) {
+    /// The `result` reads of one batch, in one statement: each job as it is now; `finished`
+    /// tells the master whether to wait on.
+    fn read(&self, reads: Vec<(u64, i64)>) {
         if !self.ready {
-            return self.answer(request, Err(self.not_ready()), false);
+            for (request, _) in reads {
+                self.answer(request, Err(self.not_ready()), false);
+            }
+            return;
         }
-        let read = self.autocommit(|conn| keeping::read_jobs(conn, &[job_id]));
-        match read {
-            Ok(rows) => match rows.into_iter().next() {
-                Some((_, state, body)) => {
+        let ids: Vec<i64> = reads.iter().map(|(_, job_id)| *job_id).collect();
+        let rows = match self.autocommit(|conn| keeping::read_jobs(conn, &ids)) {
+            Ok(rows) => rows,
+            Err(error) => {
+                let body = pool_error_body(error, &self.setup.database);
+                for (request, _) in reads {
+                    self.answer(request, Err(body.clone()), false);
+                }
+                return;
+            }
+        };
+        let jobs: HashMap<i64, (String, String)> = rows
+            .into_iter()
+            .map(|(job_id, state, body)| (job_id, (state, body)))
+            .collect();
+        for (request, job_id) in reads {
+            match jobs.get(&job_id) {
+                Some((state, body)) => {
                     let finished = FINISHED_STATES.contains(&state.as_str());
-                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
                     self.answer(request, Ok(body), finished)
                 }
                 None => self.answer(request, Err(not_found(job_id)), true),
-            },
-            Err(error) => self.answer(
-                request,
-                Err(pool_error_body(error, &self.setup.database)),
-                false,
-            ),
+            }
         }
     }
 
