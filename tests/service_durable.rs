@@ -391,20 +391,27 @@ fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
     );
 }
 
-/// The keeper's enqueue and `result` statements run in autocommit, so their session goes
-/// back to the pool without a `ROLLBACK` (a round trip per enqueue batch and per read). The
-/// pool logs every reset at debug; the jobs wait in a paused queue, so no worker runs one.
-#[test]
-fn enqueues_and_result_reads_cost_no_rollback() {
-    let mut options = ServiceOptions::on(Cluster::shared()).durable();
+/// A durable service of its own that logs the pool at debug, ready, with `queue` paused (so
+/// no worker runs the jobs put in it).
+fn with_pool_log_and_paused(options: ServiceOptions, queue: &str) -> Service {
+    let mut options = options.durable();
     options
         .env
         .push(("RUST_LOG".into(), "info,forkpool::pool=debug".into()));
     let service = Service::start(options);
     service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
-    let queue = "no_rollback";
     let paused = ask(&service, json!({"id": 0, "op": "pause", "queue": queue}));
     assert_eq!(paused["ok"], true, "{paused}");
+    service
+}
+
+/// The keeper's enqueue and `result` statements run in autocommit, so their session goes
+/// back to the pool without a `ROLLBACK` (a round trip per enqueue batch and per read). The
+/// pool logs every reset at debug; the jobs wait in a paused queue, so no worker runs one.
+#[test]
+fn enqueues_and_result_reads_cost_no_rollback() {
+    let queue = "no_rollback";
+    let service = with_pool_log_and_paused(ServiceOptions::on(Cluster::shared()), queue);
     // The keeper's start-up chores (migration, defaults, take-back) may reset: not counted.
     let before = service.logs().lines().count();
     for n in 0..5 {
@@ -434,17 +441,9 @@ fn enqueues_and_result_reads_cost_no_rollback() {
 /// Each still gets its own answer, the unknown id its `not_found`.
 #[test]
 fn result_reads_sent_together_share_one_statement() {
-    let mut options = ServiceOptions::on(Cluster::shared())
-        .durable()
-        .queue_key("poll_interval", "\"1h\"");
-    options
-        .env
-        .push(("RUST_LOG".into(), "info,forkpool::pool=debug".into()));
-    let service = Service::start(options);
-    service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
     let queue = "read_together";
-    let paused = ask(&service, json!({"id": 0, "op": "pause", "queue": queue}));
-    assert_eq!(paused["ok"], true, "{paused}");
+    let options = ServiceOptions::on(Cluster::shared()).queue_key("poll_interval", "\"1h\"");
+    let service = with_pool_log_and_paused(options, queue);
     let id = enqueue(
         &service,
         json!({"id": 1, "job": "add", "args": {"a": 1}, "queue": queue}),
