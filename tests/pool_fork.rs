@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::io::{PipeWriter, Read, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use support::Cluster;
+use support::{wait_until_within, Cluster};
 
 static FORK_LOCK: Mutex<()> = Mutex::new(());
 
@@ -220,11 +220,9 @@ fn unguarded_client_shared_across_fork_corrupts_its_tls_session() {
     // The server's side of the same corruption, as the issue reports it. Its log line is
     // written before the backend leaves pg_stat_activity.
     let gone = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend}");
-    let patience = Instant::now() + QUERY_BOUND;
-    while cluster.query_value(&gone).as_deref() != Some("0") {
-        assert!(Instant::now() < patience, "backend {backend} never exited");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until_within(&format!("backend {backend} exits"), QUERY_BOUND, || {
+        cluster.query_value(&gone).as_deref() == Some("0")
+    });
     let log = cluster.log_contents();
     let backend_lines: Vec<&str> = log[log_before..]
         .lines()

@@ -16,7 +16,7 @@ use forkpool::queue::keeping::{self, Cancelled, JobDefaults, Rescue};
 use forkpool::queue::leases;
 use forkpool::queue::schema::{self, SchemaError, SCHEMA_VERSION};
 use postgres::fallible_iterator::FallibleIterator;
-use support::{Cluster, APP_DATABASE};
+use support::{wait_until_within, Cluster, APP_DATABASE};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -581,19 +581,17 @@ fn a_batch_enqueue_racing_another_sessions_job_with_its_unique_key_answers_that_
         // took its snapshot) before that session commits, so it cannot see the job it
         // conflicts with.
         let mut watcher = pool.checkout("watcher").unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while value(
-            &mut watcher,
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-               AND query LIKE 'WITH items%'",
-        ) != "1"
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the batch never waited"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until_within(
+            "the batch waits on the lock",
+            Duration::from_secs(10),
+            || {
+                value(
+                    &mut watcher,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE 'WITH items%'",
+                ) == "1"
+            },
+        );
         other.batch_execute("COMMIT").unwrap();
         let answers = batch.join().unwrap();
         assert!(!answers[0].duplicate);
@@ -647,19 +645,13 @@ fn cancel_ends_a_waiting_job_at_once_and_cancels_a_running_query() {
             claim::fail(&mut runner, claim, failure, Some(Duration::from_secs(1))).unwrap()
         });
         // Wait until the backend is in pg_sleep, then cancel.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while value(
-            &mut conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' \
-               AND state = 'active'",
-        ) != "1"
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the job never started"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until_within("the job's query runs", Duration::from_secs(10), || {
+            value(
+                &mut conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' \
+                   AND state = 'active'",
+            ) == "1"
+        });
         assert_eq!(
             keeping::cancel(&mut conn, claim.id).unwrap(),
             Cancelled::Requested

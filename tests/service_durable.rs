@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+use support::{wait_until, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
 /// A job that fails until its sequence passes 2: attempts 1 and 2 fail, the third succeeds
 /// (`nextval` survives the rollback of the failed attempts). The zero comes out of the CASE,
@@ -213,15 +213,10 @@ fn a_running_job_cancelled_has_its_query_cancelled_and_ends_cancelled() {
         service,
         json!({"id": 1, "job": "sleep", "args": {"seconds": 30}}),
     );
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
+    wait_until("the job runs", || {
         let now = ask(service, json!({"id": 2, "op": "result", "job_id": id}));
-        if now["result"]["state"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never started: {now}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        now["result"]["state"] == "running"
+    });
     let asked = Instant::now();
     let cancelled = ask(service, json!({"id": 3, "op": "cancel", "job_id": id}));
     assert_eq!(cancelled["result"]["cancelled"], true, "{cancelled}");

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
-use support::{Cluster, ClusterOptions, Service, ServiceOptions};
+use support::{wait_until_within, Cluster, ClusterOptions, Service, ServiceOptions};
 
 /// Jobs these tests need besides the repository's own `workers/`.
 const DIVIDE: &str = r#"
@@ -80,21 +80,13 @@ fn shared_service() -> &'static Service {
 /// connection in (and rolls back there), so the count is awaited, not read once: a session
 /// still open after 10 s is one the checkin never closed.
 fn assert_no_session_idle_in_transaction(cluster: &Cluster) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let patience = std::time::Duration::from_secs(10);
+    wait_until_within("no session is idle in a transaction", patience, || {
         let open = cluster.query_value(
             "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
         );
-        if open.as_deref() == Some("0") {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sessions idle in transaction after 10 s: {open:?}"
-        );
-        // The poll's pace: pg_stat_activity sends no event to wait on.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        open.as_deref() == Some("0")
+    });
 }
 
 fn error_kind(answer: &Value) -> &str {

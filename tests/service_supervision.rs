@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::{Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
+use support::{wait_until, Client, Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
 fn pids(status: &Value) -> BTreeSet<i64> {
     status["workers"]
@@ -495,13 +495,9 @@ fn kill_9_of_the_master_takes_every_worker_and_session_with_it() {
     }
     let gone_after = killed.elapsed();
     eprintln!("workers gone {gone_after:?} after the master was killed");
-    while !cluster.backend_pids(app).is_empty() {
-        assert!(
-            killed.elapsed() < EVENT_TIMEOUT,
-            "sessions outlived their workers"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the sessions end with their workers", || {
+        cluster.backend_pids(app).is_empty()
+    });
 }
 
 #[test]
@@ -542,19 +538,14 @@ fn sigint_cancels_running_queries_and_answers_shutting_down() {
     let backend = sleeping_backend(cluster, app);
     let running =
         format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {backend} AND state = 'active'");
-    let deadline = Instant::now() + EVENT_TIMEOUT;
     service.signal(Signal::SIGINT);
     let answer = client.recv().unwrap();
     assert_eq!(answer["error"]["kind"], "shutting_down", "{answer}");
     assert!(service.wait_exit().success());
     // Without the cancel the server would sleep on for ten minutes for nobody.
-    while cluster.query_value(&running).as_deref() != Some("0") {
-        assert!(
-            Instant::now() < deadline,
-            "the query outlived the fast stop"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the query ends with the fast stop", || {
+        cluster.query_value(&running).as_deref() == Some("0")
+    });
 }
 
 #[test]
