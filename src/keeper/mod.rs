@@ -204,9 +204,7 @@ impl Keeper {
         }
         if self.ready && now >= self.next_lapsed_rescue {
             self.next_lapsed_rescue = now + self.setup.queue.poll_interval;
-            let rescued = self
-                .checkout()
-                .and_then(|mut conn| leases::rescue_lapsed(&mut conn));
+            let rescued = self.autocommit(leases::rescue_lapsed);
             match rescued {
                 Ok(0) => {}
                 Ok(n) => {
@@ -238,9 +236,9 @@ impl Keeper {
         }
         if self.ready && now >= self.next_counts {
             self.next_counts = now + COUNTS_EVERY;
-            let counted = self.checkout().and_then(|mut conn| {
-                let queues = keeping::queue_counts(&mut conn)?;
-                let hosts = leases::hosts(&mut conn, 3 * self.setup.queue.lease)?;
+            let counted = self.autocommit(|conn| {
+                let queues = keeping::queue_counts(conn)?;
+                let hosts = leases::hosts(conn, 3 * self.setup.queue.lease)?;
                 Ok((queues, hosts))
             });
             match counted {
@@ -322,7 +320,7 @@ impl Keeper {
 
     /// Runs `statements` — each in autocommit, none opening a transaction it leaves open — on
     /// a session, which goes back to the pool without its `ROLLBACK` (one round trip less
-    /// per enqueue batch and per `result` read). A session whose statement timed out is
+    /// per enqueue batch, per `result` read, per lapsed-lease look and per count). A session whose statement timed out is
     /// still reset at checkin.
     fn autocommit<T>(
         &self,
