@@ -208,8 +208,7 @@ impl DurableRun<'_> {
         };
         conn.set_deadline(Some(deadline));
         let committed = (|| -> Result<bool, pool::Error> {
-            conn.batch_execute("BEGIN")?;
-            let ran = sql_job::execute_statements(&mut conn, sql, &values)?;
+            let ran = sql_job::execute_statements(&mut conn, sql, &values, true)?;
             let result = match ran.into_output(&spec.name, sql) {
                 Ok(output) => self.result_object(output.to_result(), started),
                 Err(error) => return Err(pool::Error::Config(error.message)),
@@ -292,7 +291,7 @@ impl DurableRun<'_> {
     ) -> Result<String, ErrorBody> {
         let values = sql_job::bind(sql, args)?;
         conn.set_deadline(Some(deadline));
-        let ran = sql_job::execute_statements(conn, sql, &values)
+        let ran = sql_job::execute_statements(conn, sql, &values, false)
             .map_err(|e| pool_error_body(e, &sql.database))?;
         let output = ran.into_output(&spec.name, sql)?;
         Ok(self.result_object(output.to_result(), started))

@@ -8,7 +8,9 @@ use crate::catalog::{row_to_json, SqlJob, SqlValue};
 use crate::pool::{self, Pool, PooledConnection, Returned};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
-use tokio_postgres::Row;
+use futures_util::future::join;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 /// What a SQL job produced: the rows of the last statement that returned rows, and the count
 /// of rows each statement affected (or returned).
@@ -43,11 +45,7 @@ pub fn run(
     );
     conn.set_deadline(Some(deadline));
     let explicit_transaction = job.transaction && job.statements.len() > 1;
-    if explicit_transaction {
-        conn.batch_execute("BEGIN")
-            .map_err(|e| pool_error_body(e, &job.database))?;
-    }
-    let outcome = execute_statements(conn, job, &values).and_then(|ran| {
+    let outcome = execute_statements(conn, job, &values, explicit_transaction).and_then(|ran| {
         if explicit_transaction {
             conn.batch_execute("COMMIT")?;
         }
@@ -88,28 +86,65 @@ pub struct Ran {
 }
 
 /// Runs the job's statements in order on `conn`, in whatever transaction the caller opened
-/// (none: each in its own); stops at the first error.
+/// (none: each in its own); stops at the first error. With `begin` it opens the transaction
+/// itself: `BEGIN` goes out with the first statement, one round trip for both.
 pub fn execute_statements(
     conn: &mut PooledConnection,
     job: &SqlJob,
     values: &[SqlValue],
+    begin: bool,
 ) -> Result<Ran, pool::Error> {
     let mut ran = Ran {
         rows_affected: Vec::with_capacity(job.statements.len()),
         last_rows: None,
     };
-    for statement in &job.statements {
+    if begin && job.statements.is_empty() {
+        conn.batch_execute("BEGIN")?;
+    }
+    for (index, statement) in job.statements.iter().enumerate() {
         let prepared = conn.prepare_typed(&statement.sql, &statement.types)?;
         let params = statement.args(values);
-        if prepared.columns().is_empty() {
-            ran.rows_affected.push(conn.execute(&prepared, &params)?);
+        let returned = if begin && index == 0 {
+            conn.pipelined(|client| async move {
+                let (begun, returned) = join(
+                    client.batch_execute("BEGIN"),
+                    run_one(client, &prepared, &params),
+                )
+                .await;
+                begun?;
+                returned
+            })?
+        } else if prepared.columns().is_empty() {
+            Returned::Affected(conn.execute(&prepared, &params)?)
         } else {
-            let rows = conn.query(&prepared, &params)?;
-            ran.rows_affected.push(rows.len() as u64);
-            ran.last_rows = Some(rows);
+            Returned::Rows(conn.query(&prepared, &params)?)
+        };
+        match returned {
+            Returned::Affected(count) => ran.rows_affected.push(count),
+            Returned::Rows(rows) => {
+                ran.rows_affected.push(rows.len() as u64);
+                ran.last_rows = Some(rows);
+            }
         }
     }
     Ok(ran)
+}
+
+/// One prepared statement on `client`: its rows, or the count it affected when it has no
+/// result columns.
+async fn run_one(
+    client: &tokio_postgres::Client,
+    prepared: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Returned, tokio_postgres::Error> {
+    if prepared.columns().is_empty() {
+        client
+            .execute(prepared, params)
+            .await
+            .map(Returned::Affected)
+    } else {
+        client.query(prepared, params).await.map(Returned::Rows)
+    }
 }
 
 impl Ran {
