@@ -248,15 +248,18 @@ fn migrate_twice_on_a_fresh_database_is_idempotent() {
     let first = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert_eq!(first.status.code(), Some(0), "{stdout}{:?}", first.stderr);
-    assert_eq!(stdout.trim(), "schema at version 1 (was 0)");
+    assert_eq!(stdout.trim(), "schema at version 2 (was 0)");
     let second = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0), "{stdout}");
-    assert_eq!(stdout.trim(), "schema at version 1 (was 1)");
+    assert_eq!(stdout.trim(), "schema at version 2 (was 2)");
     let versions = cluster
         .superuser_in("cli_migrate")
         .query("SELECT count(*) FROM forkpool.schema_version", &[]);
-    assert_eq!(versions.unwrap()[0].get::<_, i64>(0), 1);
+    assert_eq!(
+        versions.unwrap()[0].get::<_, i64>(0),
+        i64::from(forkpool::queue::schema::SCHEMA_VERSION)
+    );
 }
 
 #[test]

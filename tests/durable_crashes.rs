@@ -706,7 +706,7 @@ fn a_claim_that_commits_after_its_worker_died_is_taken_back_too() {
         db.query_opt(
             "SELECT client_port FROM pg_stat_activity \
               WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                AND wait_event = 'advisory' AND query LIKE '%WITH picked AS%'",
+                AND wait_event = 'advisory' AND query LIKE '%forkpool.claim_jobs%'",
             &[],
         )
         .unwrap()

@@ -9,9 +9,8 @@
 
 use std::time::Duration;
 
-use futures_util::future::{join, join3};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
+use futures_util::future::join;
+use tokio_postgres::types::ToSql;
 
 use crate::pool::{self, PooledConnection};
 
@@ -65,57 +64,13 @@ pub enum Settled {
     Lost,
 }
 
-/// The claim: one statement that picks, locks (`SKIP LOCKED`: claimers never wait for each
-/// other) and marks the jobs running with their attempt counted — never select-then-update,
-/// which would let two workers take one job. Only `jobs` (this catalog's names) are picked,
-/// so hosts with different catalogs share one table; queues in `excluded` are at their cap,
-/// paused queues are skipped (`NOT IN` a hashed subplan, read once per claim).
-///
-/// The only good plan walks the claim index (`jobs_claim_order`) to the first runnable jobs;
-/// [`CLAIM_PLANNER`] makes it the only plan. Without it, with 20,000 jobs waiting, the
-/// planner sorted every one of them at each claim (15–26 ms a claim, so eight slots claimed
-/// about 250 jobs a second): on a table not analyzed yet (a fresh queue: autovacuum analyzes
-/// it a minute later at the earliest) its default estimates find a handful of rows, and on an
-/// analyzed table with one queue the exclusion of an unknown list of queues looked like it
-/// left no row at all.
+/// The claim: `forkpool.claim_jobs` (schema version 2; its comment says why its planner
+/// settings are attached) — one statement that picks, locks with `SKIP LOCKED` and marks the
+/// jobs running, in an implicit transaction of its own: committed, so visible and rescuable,
+/// before the caller starts a job. Prepared once per session; the function keeps its plan.
 pub const CLAIM: &str = "\
-WITH picked AS (
-    SELECT id FROM forkpool.jobs
-     WHERE state = 'available' AND run_at <= now()
-       AND job = ANY($1)
-       AND queue <> ALL($2)
-       AND queue NOT IN (SELECT queue FROM forkpool.paused_queues)
-     ORDER BY priority, run_at, id
-     LIMIT $3
-     FOR UPDATE SKIP LOCKED)
-UPDATE forkpool.jobs j
-   SET state = 'running', attempt = j.attempt + 1, claim_count = j.claim_count + 1,
-       attempted_at = now(), host = $4, instance = $5, worker = $6,
-       backend_pid = CASE WHEN $8 THEN pg_backend_pid() END,
-       lease_until = now() + make_interval(secs => $7),
-       cancel_requested = false
-  FROM picked
- WHERE j.id = picked.id
-RETURNING j.id, j.claim_count, j.job, j.args::text, j.queue, j.attempt, j.max_attempts";
-
-/// The claim's parameter types: it is prepared once per session.
-pub const CLAIM_TYPES: [Type; 8] = [
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::INT8,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT8,
-    Type::BOOL,
-];
-
-/// The claim runs in a transaction of its own with sorts and whole-table scans off, so the
-/// walk of the claim index (and the update by primary key) is the only plan left, whatever
-/// the statistics say — including the generic plan of the prepared statement, which saves
-/// planning it at every claim. Sent with the claim and `COMMIT`: one round trip.
-pub const CLAIM_PLANNER: &str =
-    "BEGIN; SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off";
+SELECT id, claim_count, job, args, queue, attempt, max_attempts
+  FROM forkpool.claim_jobs($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Claims up to `limit` runnable jobs for `holder`, committed before it returns: the claim is
 /// visible, and rescuable, before a job starts. `record_backend` records the session's
@@ -130,7 +85,7 @@ pub fn claim(
     lease: Duration,
     record_backend: bool,
 ) -> Result<Vec<ClaimedJob>, pool::Error> {
-    let statement = conn.prepare_typed(CLAIM, &CLAIM_TYPES)?;
+    let statement = conn.prepare_typed(CLAIM, &[])?;
     let lease = lease.as_secs_f64();
     let params: [&(dyn ToSql + Sync); 8] = [
         &jobs,
@@ -142,18 +97,7 @@ pub fn claim(
         &lease,
         &record_backend,
     ];
-    let rows = conn.pipelined(|client| async move {
-        let (begun, claimed, committed) = join3(
-            client.batch_execute(CLAIM_PLANNER),
-            client.query(&statement, &params),
-            client.batch_execute("COMMIT"),
-        )
-        .await;
-        begun?;
-        let rows = claimed?;
-        committed?;
-        Ok(rows)
-    })?;
+    let rows = conn.query(&statement, &params)?;
     Ok(rows
         .iter()
         .map(|row| ClaimedJob {
@@ -170,47 +114,15 @@ pub fn claim(
         .collect())
 }
 
-/// The completion: the claimed job `completed` with its `run` result, fenced by the claim
-/// (and, with `$4`, by a cancel requested meanwhile). A macro, so that both statements below
-/// are one literal each.
-macro_rules! completion {
-    () => {
-        "UPDATE forkpool.jobs
-            SET state = 'completed', finished_at = now(), result = $3::text::jsonb,
-                lease_until = NULL, backend_pid = NULL
-          WHERE id = $1 AND claim_count = $2 AND state = 'running'
-            AND NOT (cancel_requested AND $4)
-         RETURNING id"
-    };
-}
+/// The completion: `forkpool.complete_job` (schema version 2) marks the claimed job
+/// `completed` with its `run` result, fenced by the claim (and, with `$4`, by a cancel
+/// requested meanwhile). With `$5` a failed fence raises [`FENCE_LOST`] instead of answering
+/// false, so the `COMMIT` sent right behind it rolls the whole transaction back: an
+/// exactly-once job's completion and commit in one round trip. Prepared once per session.
+const COMPLETE: &str = "SELECT forkpool.complete_job($1, $2, $3, $4, $5)";
 
-/// The completion, answering the completed job's id (none when the fence failed).
-const COMPLETE: &str = completion!();
-
-/// The completion as a statement that fails when its fence does (a division by zero,
-/// SQLSTATE 22012, when no row matched), so the `COMMIT` sent right behind it rolls the
-/// whole transaction back: completion and commit in one round trip.
-const COMPLETE_OR_FAIL: &str = concat!(
-    "WITH done AS (",
-    completion!(),
-    ") SELECT 1 / count(*) FROM done"
-);
-
-/// The completion's parameters with their types: sent with `query_typed`, an unnamed
-/// statement planned with its values (a generic plan made on a small table kept scanning it)
-/// in the same round trip as its execution.
-fn completion_params<'a>(
-    claim: &'a Claim,
-    result: &'a &'a str,
-    honor_cancel: &'a bool,
-) -> [(&'a (dyn ToSql + Sync), Type); 4] {
-    [
-        (&claim.id, Type::INT8),
-        (&claim.claim_count, Type::INT4),
-        (result, Type::TEXT),
-        (honor_cancel, Type::BOOL),
-    ]
-}
+/// The SQLSTATE `forkpool.complete_job` raises when the fence failed and it was asked to.
+const FENCE_LOST: &str = "FP001";
 
 /// Marks the job completed with its `run` result (JSON text). Inside the job's transaction
 /// for exactly-once jobs; `Ok(false)` when the fence failed — the caller must then roll back.
@@ -222,12 +134,18 @@ pub fn complete(
     result: &str,
     honor_cancel: bool,
 ) -> Result<bool, pool::Error> {
-    let updated = conn.pipelined(|client| async move {
-        client
-            .query_typed(COMPLETE, &completion_params(&claim, &result, &honor_cancel))
-            .await
-    })?;
-    Ok(!updated.is_empty())
+    let statement = conn.prepare_typed(COMPLETE, &[])?;
+    let rows = conn.query(
+        &statement,
+        &[
+            &claim.id,
+            &claim.claim_count,
+            &result,
+            &honor_cancel,
+            &false,
+        ],
+    )?;
+    Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)))
 }
 
 /// An exactly-once job's last step, inside the transaction that ran its statements: the
@@ -239,11 +157,18 @@ pub fn complete_and_commit(
     claim: Claim,
     result: &str,
 ) -> Result<bool, pool::Error> {
-    let honor_cancel = true;
+    let statement = conn.prepare_typed(COMPLETE, &[])?;
     let committed = conn.pipelined(|client| async move {
-        let params = completion_params(&claim, &result, &honor_cancel);
+        let (honor_cancel, or_fail) = (true, true);
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &claim.id,
+            &claim.claim_count,
+            &result,
+            &honor_cancel,
+            &or_fail,
+        ];
         let (completed, committed) = join(
-            client.query_typed(COMPLETE_OR_FAIL, &params),
+            client.query(&statement, &params),
             client.batch_execute("COMMIT"),
         )
         .await;
@@ -251,7 +176,9 @@ pub fn complete_and_commit(
             Ok(_) => committed.map(|()| true),
             // The fence failed; the COMMIT behind it found the transaction failed and
             // rolled it back.
-            Err(e) if e.code() == Some(&SqlState::DIVISION_BY_ZERO) => committed.map(|()| false),
+            Err(e) if e.code().map(|code| code.code()) == Some(FENCE_LOST) => {
+                committed.map(|()| false)
+            }
             Err(e) => Err(e),
         }
     })?;

@@ -25,8 +25,8 @@ use tokio_postgres::Row;
 /// Runs a statement planned for its values at each call. *Not* prepared once per session: a
 /// session's first executions run on a small table (a fresh queue), where a scan beats the
 /// index, and PostgreSQL may then keep that as the statement's generic plan. (The slow first
-/// drain of issue #15 was the claim's sort, not this: see `claim::CLAIM`; the claim is
-/// prepared, with a plan that cannot sort.)
+/// drain of issue #15 was the claim's sort, not this: see `claim::CLAIM`; the claim and the
+/// completion are functions whose kept plans cannot sort or scan, prepared once.)
 pub(crate) fn query(
     conn: &mut PooledConnection,
     sql: &str,
