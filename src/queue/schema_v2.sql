@@ -16,13 +16,16 @@
 -- index (`jobs_claim_order`) to the first runnable jobs and updates them by primary key.
 -- Without that, with 20,000 jobs waiting, the planner sorted every one of them at each claim
 -- (15–26 ms a claim) on a table not analyzed yet, or when the exclusion of an unknown list
--- of queues looked like it left no row at all.
+-- of queues looked like it left no row at all. Its generic plan is forced: PostgreSQL kept
+-- choosing a custom plan (the `LIMIT` of a generic plan is costed as unknown), so every
+-- claim was planned again — 0.38 ms a claim where the kept plan takes 0.25 ms.
 CREATE FUNCTION forkpool.claim_jobs(
     p_jobs text[], p_excluded text[], p_limit bigint, p_host text, p_instance bigint,
     p_worker bigint, p_lease_seconds float8, p_record_backend boolean)
 RETURNS TABLE (id bigint, claim_count int, job text, args text, queue text, attempt int,
                max_attempts int)
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 SET enable_sort = off
 SET enable_seqscan = off
 AS $$
