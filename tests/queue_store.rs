@@ -474,6 +474,41 @@ fn failures_retry_with_backoff_then_discard_with_every_error_recorded() {
     );
 }
 
+/// An enqueue alone in its batch goes through `forkpool.insert_job`, whose plans PL/pgSQL
+/// keeps, not through the batch statement, which is planned for its values at every call.
+#[test]
+fn an_enqueue_alone_goes_through_insert_job_and_a_batch_through_one_statement() {
+    let (_, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    conn.batch_execute(
+        "CREATE TABLE public.inserts (query text); \
+         CREATE FUNCTION public.note_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO public.inserts VALUES (current_query()); RETURN NULL; END $$; \
+         CREATE TRIGGER note_insert AFTER INSERT ON forkpool.jobs \
+           FOR EACH STATEMENT EXECUTE FUNCTION public.note_insert()",
+    )
+    .unwrap();
+    enqueue_all(&mut conn, &[new_job("a", serde_json::json!({}))]).unwrap();
+    enqueue_all(&mut conn, &vec![new_job("b", serde_json::json!({})); 3]).unwrap();
+    let queries: Vec<String> = conn
+        .query_sql("SELECT query FROM public.inserts", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(queries.len(), 2, "{queries:?}");
+    assert!(
+        queries[0].contains("forkpool.insert_job"),
+        "alone: {}",
+        queries[0]
+    );
+    assert!(
+        queries[1].starts_with("WITH items"),
+        "a batch: {}",
+        queries[1]
+    );
+}
+
 #[test]
 fn a_unique_key_returns_the_waiting_job_and_is_free_again_once_it_finished() {
     let (_, pool) = migrated();

