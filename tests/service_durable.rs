@@ -346,19 +346,17 @@ fn the_master_stays_one_thread_without_a_database_socket_while_durable_jobs_run(
 /// every wake-up (the enqueue's answer, its NOTIFY, the job's settling) came back empty at
 /// least eight times per job. Its own database, so no other test's NOTIFY wakes it; polls
 /// an hour apart, so none adds a claim.
-#[test]
-fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
+/// A durable service with 2 workers × 4 threads in a database of its own (so no other
+/// test's NOTIFY wakes it), polling an hour apart (so no poll adds a claim), ready.
+fn quiet_service(database: &str, options: ServiceOptions) -> Service {
     let cluster = Cluster::shared();
-    let database = "one_job_at_a_time";
     let exists = cluster.query_value(&format!(
         "SELECT count(*) FROM pg_database WHERE datname = '{database}'"
     ));
     if exists.as_deref() == Some("0") {
         cluster.execute(&format!("CREATE DATABASE {database} OWNER app"));
     }
-    let mut options = ServiceOptions::on(cluster)
-        .durable()
-        .queue_key("poll_interval", "\"1h\"");
+    let mut options = options.durable().queue_key("poll_interval", "\"1h\"");
     options.workers = 2;
     options.threads = 4;
     options.database_url = options
@@ -366,6 +364,12 @@ fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
         .replace("dbname=app", &format!("dbname={database}"));
     let service = Service::start(options);
     service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
+    service
+}
+
+#[test]
+fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
+    let service = quiet_service("one_job_at_a_time", ServiceOptions::on(Cluster::shared()));
     let jobs = 10;
     for n in 0..jobs {
         let id = enqueue(
@@ -384,6 +388,54 @@ fn one_job_at_a_time_costs_a_few_claims_not_one_per_idle_slot() {
         empty <= 5 * jobs,
         "{empty} empty claims for {jobs} jobs run one at a time on 8 idle slots: {totals}"
     );
+}
+
+/// Without `[queue.limits]` a settled job sends no claim: nothing was enqueued since the
+/// last claim came back empty. No NOTIFY here (`listen = false`), so the only wake-up is
+/// the enqueue's answer, and the job sleeps long enough for its search to end first.
+#[test]
+fn a_settled_job_sends_no_claim_when_no_queue_is_capped() {
+    let options = ServiceOptions::on(Cluster::shared()).queue_key("listen", "false");
+    let service = quiet_service("settled_no_claim", options);
+    let id = enqueue(
+        &service,
+        json!({"id": 1, "job": "sleep", "args": {"seconds": 0.5}}),
+    );
+    let durable = |s: &Value| s["durable"].clone();
+    let searched = service.wait_for_status("the job running, its search over", |s| {
+        durable(s)["running"] == 1 && durable(s)["claiming"] == 0
+    });
+    assert_eq!(final_state(&service, id)["state"], "completed");
+    let settled = service.wait_for_status("the job settled, no claim out", |s| {
+        durable(s)["totals"]["completed"] == 1 && durable(s)["claiming"] == 0
+    });
+    assert_eq!(
+        durable(&settled)["totals"]["empty_claims"],
+        durable(&searched)["totals"]["empty_claims"],
+        "a claim went out after the job settled: {}",
+        durable(&settled)["totals"]
+    );
+}
+
+/// With `[queue.limits]`, jobs a claim had to leave behind their queue's cap are claimed as
+/// soon as a job of that queue settles, not at the next poll (an hour away here).
+#[test]
+fn a_capped_queue_runs_its_waiting_jobs_as_its_jobs_settle() {
+    let options = ServiceOptions::on(Cluster::shared())
+        .queue_key("listen", "false")
+        .queue_key("limits", "{ capped = 1 }");
+    let service = quiet_service("capped_queue", options);
+    let ids: Vec<i64> = (0..3)
+        .map(|n| {
+            enqueue(
+                &service,
+                json!({"id": n, "job": "sleep", "args": {"seconds": 0.05}, "queue": "capped"}),
+            )
+        })
+        .collect();
+    for id in ids {
+        assert_eq!(final_state(&service, id)["state"], "completed", "job {id}");
+    }
 }
 
 /// A durable service of its own that logs the pool at debug, ready, with `queue` paused (so

@@ -2,7 +2,8 @@
 //! took, and what the keeper says — without a statement of its own.
 //!
 //! - **Wake-ups.** `maybe_work` says jobs may wait: set by a socket enqueue, the keeper's
-//!   `Wake` (a NOTIFY, a rescue), a settled job, and every `queue.poll_interval`; cleared by
+//!   `Wake` (a NOTIFY, a rescue), a settled job when `[queue.limits]` caps a queue (its cap
+//!   may have room now), and every `queue.poll_interval`; cleared by
 //!   a claim that came back empty — unless a wake-up came after that claim was sent (the
 //!   wake generation), so a NOTIFY racing an empty claim is never lost.
 //! - **Seekers.** A claim that has not found a job yet is a seeker, and only `seekers` of
@@ -294,8 +295,12 @@ impl Master {
             "released" => totals.released += 1,
             _ => totals.lost += 1,
         }
-        // More may wait behind it; an empty claim will say if not.
-        self.durable.wake(1);
+        // A queue at its cap may have room now: jobs left waiting behind the cap (an empty
+        // claim that excluded it cleared `maybe_work`) are sought again. Without caps, a
+        // settled job says nothing new: whatever came since the last empty claim woke us.
+        if !self.config.queue.limits.is_empty() {
+            self.durable.wake(1);
+        }
         self.reread_results_of(job_id);
     }
 
@@ -401,6 +406,7 @@ impl Master {
             "why_not_ready": self.durable.unready_why,
             "database": self.config.queue.database,
             "running": self.durable.running(),
+            "claiming": self.durable.in_flight() - self.durable.running(),
             "queues": self.durable.counts,
             "hosts": self.durable.hosts,
             "schedules": self.durable.schedules,
