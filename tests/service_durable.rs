@@ -346,9 +346,9 @@ fn the_master_stays_one_thread_without_a_database_socket_while_durable_jobs_run(
 /// every wake-up (the enqueue's answer, its NOTIFY, the job's settling) came back empty at
 /// least eight times per job. Its own database, so no other test's NOTIFY wakes it; polls
 /// an hour apart, so none adds a claim.
-/// A durable service with 2 workers × 4 threads in a database of its own (so no other
-/// test's NOTIFY wakes it), polling an hour apart (so no poll adds a claim), ready.
-fn quiet_service(database: &str, options: ServiceOptions) -> Service {
+/// `options` for a durable service with 2 workers × 4 threads in a database of its own (so
+/// no other test's jobs or NOTIFY reach it), polling an hour apart (so no poll adds a claim).
+fn quiet_options(database: &str, options: ServiceOptions) -> ServiceOptions {
     let cluster = Cluster::shared();
     let exists = cluster.query_value(&format!(
         "SELECT count(*) FROM pg_database WHERE datname = '{database}'"
@@ -362,7 +362,12 @@ fn quiet_service(database: &str, options: ServiceOptions) -> Service {
     options.database_url = options
         .database_url
         .replace("dbname=app", &format!("dbname={database}"));
-    let service = Service::start(options);
+    options
+}
+
+/// A service of [`quiet_options`], started and ready.
+fn quiet_service(database: &str, options: ServiceOptions) -> Service {
+    let service = Service::start(quiet_options(database, options));
     service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
     service
 }
@@ -438,10 +443,11 @@ fn a_capped_queue_runs_its_waiting_jobs_as_its_jobs_settle() {
     }
 }
 
-/// A durable service of its own that logs the pool at debug, ready, with `queue` paused (so
-/// no worker runs the jobs put in it).
-fn with_pool_log_and_paused(options: ServiceOptions, queue: &str) -> Service {
-    let mut options = options.durable();
+/// A durable service of its own, in a database of its own (see [`quiet_options`]: no other
+/// test's jobs, whose runs could reset sessions, reach its workers), that logs the pool at
+/// debug, ready, with `queue` paused (so no worker runs the jobs put in it).
+fn with_pool_log_and_paused(queue: &str) -> Service {
+    let mut options = quiet_options(queue, ServiceOptions::on(Cluster::shared()));
     options
         .env
         .push(("RUST_LOG".into(), "info,forkpool::pool=debug".into()));
@@ -458,7 +464,7 @@ fn with_pool_log_and_paused(options: ServiceOptions, queue: &str) -> Service {
 #[test]
 fn enqueues_and_result_reads_cost_no_rollback() {
     let queue = "no_rollback";
-    let service = with_pool_log_and_paused(ServiceOptions::on(Cluster::shared()), queue);
+    let service = with_pool_log_and_paused(queue);
     // The keeper's start-up chores (migration, defaults, take-back) may reset: not counted.
     let before = service.logs().lines().count();
     for n in 0..5 {
@@ -489,8 +495,7 @@ fn enqueues_and_result_reads_cost_no_rollback() {
 #[test]
 fn result_reads_sent_together_share_one_statement() {
     let queue = "read_together";
-    let options = ServiceOptions::on(Cluster::shared()).queue_key("poll_interval", "\"1h\"");
-    let service = with_pool_log_and_paused(options, queue);
+    let service = with_pool_log_and_paused(queue);
     let id = enqueue(
         &service,
         json!({"id": 1, "job": "add", "args": {"a": 1}, "queue": queue}),
