@@ -349,19 +349,13 @@ fn the_master_stays_one_thread_without_a_database_socket_while_durable_jobs_run(
 /// `options` for a durable service with 2 workers × 4 threads in a database of its own (so
 /// no other test's jobs or NOTIFY reach it), polling an hour apart (so no poll adds a claim).
 fn quiet_options(database: &str, options: ServiceOptions) -> ServiceOptions {
-    let cluster = Cluster::shared();
-    let exists = cluster.query_value(&format!(
-        "SELECT count(*) FROM pg_database WHERE datname = '{database}'"
-    ));
-    if exists.as_deref() == Some("0") {
-        cluster.execute(&format!("CREATE DATABASE {database} OWNER app"));
-    }
-    let mut options = options.durable().queue_key("poll_interval", "\"1h\"");
+    Cluster::shared().create_database(database);
+    let mut options = options
+        .in_database(database)
+        .durable()
+        .queue_key("poll_interval", "\"1h\"");
     options.workers = 2;
     options.threads = 4;
-    options.database_url = options
-        .database_url
-        .replace("dbname=app", &format!("dbname={database}"));
     options
 }
 

@@ -320,8 +320,8 @@ impl Keeper {
 
     /// Runs `statements` — each in autocommit, none opening a transaction it leaves open — on
     /// a session, which goes back to the pool without its `ROLLBACK` (one round trip less
-    /// per enqueue batch, per `result` read, per lapsed-lease look and per count). A session whose statement timed out is
-    /// still reset at checkin.
+    /// per enqueue batch, per `result` read, per lapsed-lease look and per count). A session
+    /// whose statement timed out is still reset at checkin.
     fn autocommit<T>(
         &self,
         statements: impl FnOnce(&mut PooledConnection) -> Result<T, crate::pool::Error>,

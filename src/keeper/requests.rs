@@ -1,5 +1,6 @@
 //! The master's requests to the keeper, each answered once: enqueue and the reads for
-//! `result` (each batched: one statement for the frames that arrived together), cancel, rescue of a dead worker's jobs, and the stop.
+//! `result` (each batched: one statement for the frames that arrived together), cancel,
+//! rescue of a dead worker's jobs, and the stop.
 
 use std::collections::HashMap;
 

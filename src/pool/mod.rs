@@ -27,7 +27,7 @@ pub use conninfo::{ConnInfo, SslMode, TargetSessionAttrs};
 pub use error::{DbError, Error};
 pub use guard::PooledConnection;
 pub use notifications::Notification;
-pub use pipeline::{PipelineEvent, PipelinedQuery, Returned};
+pub use pipeline::{run_prepared, PipelineEvent, PipelinedQuery, Returned};
 pub use pool::Pool;
 pub use settings::{PoolSettings, ResetOnReturn};
 pub use stats::PoolStats;

@@ -58,6 +58,23 @@ pub(super) struct Outcome {
     pub cancel: bool,
 }
 
+/// One prepared statement on `client`: its rows, or (a statement without result columns)
+/// the count of rows it affected.
+pub async fn run_prepared(
+    client: &Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Returned, tokio_postgres::Error> {
+    if statement.columns().is_empty() {
+        client
+            .execute(statement, params)
+            .await
+            .map(Returned::Affected)
+    } else {
+        client.query(statement, params).await.map(Returned::Rows)
+    }
+}
+
 /// Runs `queries` concurrently on `client`, reporting each through `each` as it ends.
 pub(super) fn drive(
     runtime: &Runtime,
@@ -72,15 +89,7 @@ pub(super) fn drive(
             .enumerate()
             .map(|(index, query)| async move {
                 let deadline = tokio::time::Instant::from_std(query.deadline);
-                let run = async {
-                    if query.statement.columns().is_empty() {
-                        let affected = client.execute(query.statement, &query.params).await;
-                        affected.map(Returned::Affected)
-                    } else {
-                        let rows = client.query(query.statement, &query.params).await;
-                        rows.map(Returned::Rows)
-                    }
-                };
+                let run = run_prepared(client, query.statement, &query.params);
                 let rows = tokio::time::timeout_at(deadline, run).await;
                 (index, rows)
             })

@@ -5,12 +5,11 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use crate::catalog::{row_to_json, SqlJob, SqlValue};
-use crate::pool::{self, Pool, PooledConnection, Returned};
+use crate::pool::{self, run_prepared, Pool, PooledConnection, Returned};
 use crate::pools::pool_error_body;
 use crate::protocol::{ErrorBody, ErrorKind};
 use futures_util::future::join;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement};
+use tokio_postgres::Row;
 
 /// What a SQL job produced: the rows of the last statement that returned rows, and the count
 /// of rows each statement affected (or returned).
@@ -104,61 +103,43 @@ pub fn execute_statements(
     for (index, statement) in job.statements.iter().enumerate() {
         let prepared = conn.prepare_typed(&statement.sql, &statement.types)?;
         let params = statement.args(values);
-        let returned = if begin && index == 0 {
-            conn.pipelined(|client| async move {
-                let (begun, returned) = join(
-                    client.batch_execute("BEGIN"),
-                    run_one(client, &prepared, &params),
-                )
-                .await;
-                begun?;
-                returned
-            })?
-        } else if prepared.columns().is_empty() {
-            Returned::Affected(conn.execute(&prepared, &params)?)
-        } else {
-            Returned::Rows(conn.query(&prepared, &params)?)
-        };
-        match returned {
-            Returned::Affected(count) => ran.rows_affected.push(count),
-            Returned::Rows(rows) => {
-                ran.rows_affected.push(rows.len() as u64);
-                ran.last_rows = Some(rows);
+        let begin_here = begin && index == 0;
+        let returned = conn.pipelined(|client| async move {
+            if !begin_here {
+                return run_prepared(client, &prepared, &params).await;
             }
-        }
+            let (begun, returned) = join(
+                client.batch_execute("BEGIN"),
+                run_prepared(client, &prepared, &params),
+            )
+            .await;
+            begun?;
+            returned
+        })?;
+        ran.record(returned);
     }
     Ok(ran)
-}
-
-/// One prepared statement on `client`: its rows, or the count it affected when it has no
-/// result columns.
-async fn run_one(
-    client: &tokio_postgres::Client,
-    prepared: &Statement,
-    params: &[&(dyn ToSql + Sync)],
-) -> Result<Returned, tokio_postgres::Error> {
-    if prepared.columns().is_empty() {
-        client
-            .execute(prepared, params)
-            .await
-            .map(Returned::Affected)
-    } else {
-        client.query(prepared, params).await.map(Returned::Rows)
-    }
 }
 
 impl Ran {
     /// What one statement ran on a pipeline returned (see [`execute_statements`]).
     pub fn of_one(returned: Returned) -> Ran {
+        let mut ran = Ran {
+            rows_affected: Vec::with_capacity(1),
+            last_rows: None,
+        };
+        ran.record(returned);
+        ran
+    }
+
+    /// Adds what one more statement returned: its count, and its rows as the last rows.
+    fn record(&mut self, returned: Returned) {
         match returned {
-            Returned::Rows(rows) => Ran {
-                rows_affected: vec![rows.len() as u64],
-                last_rows: Some(rows),
-            },
-            Returned::Affected(count) => Ran {
-                rows_affected: vec![count],
-                last_rows: None,
-            },
+            Returned::Rows(rows) => {
+                self.rows_affected.push(rows.len() as u64);
+                self.last_rows = Some(rows);
+            }
+            Returned::Affected(count) => self.rows_affected.push(count),
         }
     }
 
