@@ -24,10 +24,6 @@ use serde_json::json;
 use support::procfs::{children, client_of_connection, tcp_sockets_of, thread_count};
 use support::{Cluster, Service, ServiceOptions, EVENT_TIMEOUT};
 
-/// How often a wait asks the database again: what it waits for (a commit by the service)
-/// has no event the test can subscribe to.
-const POLL: Duration = Duration::from_millis(20);
-
 /// The job that proves exactly-once: its effect and its completion commit together.
 const EFFECT_JOB: &str = "timeout = \"30s\"\n\
     sql = \"INSERT INTO effects (job_key) VALUES (:key)\"\n\
@@ -73,24 +69,17 @@ fn check_clients(mut options: ServiceOptions) -> ServiceOptions {
     options
 }
 
-/// Asks `check` until it answers, every [`POLL`]; panics naming `what`, with the service's
-/// logs, after `patience`.
+/// Asks `check` until it answers; fails naming `what`, with the service's logs, after
+/// `patience`.
 fn poll_until<T>(
     service: &Service,
     what: &str,
     patience: Duration,
-    mut check: impl FnMut() -> Option<T>,
+    check: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + patience;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!("waited {patience:?} for {what}; logs:\n{}", service.logs());
-        }
-        thread::sleep(POLL);
-    }
+    support::poll_until(what, patience, check, || {
+        format!("logs:\n{}", service.logs())
+    })
 }
 
 fn count(db: &mut postgres::Client, sql: &str) -> i64 {
@@ -114,21 +103,25 @@ fn states(db: &mut postgres::Client) -> String {
 
 /// Waits until every job in the table is `completed`.
 fn wait_all_completed(service: &Service, db: &mut postgres::Client, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    while count(
-        db,
-        "SELECT count(*) FROM forkpool.jobs WHERE state <> 'completed'",
-    ) > 0
-    {
-        if Instant::now() > deadline {
-            panic!(
-                "not every job completed within {patience:?} ({}); logs:\n{}",
-                states(db),
-                service.logs()
+    let db = std::cell::RefCell::new(db);
+    support::poll_until(
+        "every job completed",
+        patience,
+        || {
+            let left = count(
+                &mut db.borrow_mut(),
+                "SELECT count(*) FROM forkpool.jobs WHERE state <> 'completed'",
             );
-        }
-        thread::sleep(POLL);
-    }
+            (left == 0).then_some(())
+        },
+        || {
+            format!(
+                "({}); logs:\n{}",
+                states(&mut db.borrow_mut()),
+                service.logs()
+            )
+        },
+    );
 }
 
 /// Asserts exactly one effect per job: as many rows as jobs, no key twice, no job without.

@@ -231,20 +231,18 @@ fn sigterm_under_load_answers_every_accepted_request() {
 /// Asks `status` until `accept` holds (each answer is taken between the master's events),
 /// for at most `EVENT_TIMEOUT`; returns that status.
 fn status_until(service: &Service, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let status = service.status();
-        if accept(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited for {what}; status: {status}\nlogs:\n{}",
-            service.logs()
-        );
-        // Paces the polling; what is awaited is the status above.
-        thread::sleep(Duration::from_millis(20));
-    }
+    let last = std::cell::RefCell::new(Value::Null);
+    support::poll_until(
+        what,
+        EVENT_TIMEOUT,
+        || {
+            let status = service.status();
+            let accepted = accept(&status);
+            *last.borrow_mut() = status.clone();
+            accepted.then_some(status)
+        },
+        || format!("status: {}\nlogs:\n{}", last.borrow(), service.logs()),
+    )
 }
 
 /// Every worker in `status` serving and idle, and `count` of them.

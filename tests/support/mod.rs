@@ -31,7 +31,7 @@ pub use cluster::{
     HARNESS_APPLICATION_NAME,
 };
 pub use frozen::Frozen;
-pub use poll::{forkpool_command, wait_until, wait_until_within};
+pub use poll::{forkpool_command, poll_until, wait_until, wait_until_within};
 pub use procfs::tcp_socket_count;
 pub use service::{Client, Service, ServiceOptions, EVENT_TIMEOUT};
 pub use silent::{silent_listener, SilentListener};

@@ -17,12 +17,25 @@ pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
 
 /// Polls `done` until it holds, failing the test after `patience`.
 pub fn wait_until_within(what: &str, patience: Duration, mut done: impl FnMut() -> bool) {
+    poll_until(what, patience, || done().then_some(()), String::new);
+}
+
+/// Asks `check` until it answers, every [`POLL`]; after `patience` fails the test naming
+/// `what`, with what `explain` tells then (the service's logs, the rows that are left).
+pub fn poll_until<T>(
+    what: &str,
+    patience: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + patience;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "waited {patience:?} until {what}"
-        );
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("waited {patience:?} until {what}\n{}", explain());
+        }
         thread::sleep(POLL);
     }
 }
