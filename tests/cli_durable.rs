@@ -248,11 +248,11 @@ fn migrate_twice_on_a_fresh_database_is_idempotent() {
     let first = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert_eq!(first.status.code(), Some(0), "{stdout}{:?}", first.stderr);
-    assert_eq!(stdout.trim(), "schema at version 2 (was 0)");
+    assert_eq!(stdout.trim(), "schema at version 3 (was 0)");
     let second = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0), "{stdout}");
-    assert_eq!(stdout.trim(), "schema at version 2 (was 2)");
+    assert_eq!(stdout.trim(), "schema at version 3 (was 3)");
     let versions = cluster
         .superuser_in("cli_migrate")
         .query("SELECT count(*) FROM forkpool.schema_version", &[]);

@@ -12,22 +12,18 @@ use crate::pool::{self, PooledConnection};
 /// so a host that finds it taken just skips its turn).
 const PRUNE_LOCK: i64 = 0x666f_726b_7072_756e; // "forkprun"
 
-/// Pauses `queue` on every host: claims skip it from the next one on. Idempotent.
+/// Pauses `queue` on every host: claims skip it from the next one on, and its waiting jobs
+/// leave the claim index (`forkpool.pause_queue`, schema version 3). Idempotent.
 pub fn pause(conn: &mut PooledConnection, queue: &str) -> Result<(), pool::Error> {
-    conn.query_sql(
-        "INSERT INTO forkpool.paused_queues (queue) VALUES ($1) ON CONFLICT DO NOTHING",
-        &[&queue],
-    )?;
+    conn.query_sql("SELECT forkpool.pause_queue($1)", &[&queue])?;
     Ok(())
 }
 
-/// Resumes `queue` and wakes every host (its jobs may be waiting). Idempotent.
+/// Resumes `queue` and wakes every host (its jobs may be waiting); `forkpool.resume_queue`
+/// waits for transactions still storing jobs into the paused queue, so none is left out of
+/// the claim index. Idempotent.
 pub fn resume(conn: &mut PooledConnection, queue: &str) -> Result<(), pool::Error> {
-    conn.query_sql(
-        "WITH resumed AS (DELETE FROM forkpool.paused_queues WHERE queue = $1 RETURNING queue) \
-         SELECT pg_notify('forkpool_jobs', queue) FROM resumed",
-        &[&queue],
-    )?;
+    conn.query_sql("SELECT forkpool.resume_queue($1)", &[&queue])?;
     Ok(())
 }
 

@@ -54,7 +54,9 @@ pub struct Enqueued {
 /// `inserted` stores those whose `unique_key` is free (`DO NOTHING` also skips a second job
 /// of the batch with the same key); the answer per job is its own id, or the id of the job
 /// that holds its key — in the batch (`same`) or stored before (`held`). A job left with no
-/// id lost the race described in the module's comment.
+/// id lost the race described in the module's comment. A job of a paused queue is stored
+/// `paused` (out of the claim index), the queue's pause row locked until the statement
+/// commits, so that a resume waits for it (schema version 3).
 const INSERT_MANY: &str = "\
 WITH items AS MATERIALIZED (
     SELECT i.n, nextval((SELECT pg_get_serial_sequence('forkpool.jobs', 'id')::regclass)) AS id,
@@ -64,14 +66,16 @@ WITH items AS MATERIALIZED (
                   $7::int[], $8::text[])
            WITH ORDINALITY AS i(job, args, queue, priority, run_at, delay_ms, max_attempts,
                                 unique_key, n)),
+paused AS MATERIALIZED (SELECT p.queue FROM forkpool.paused_queues p FOR KEY SHARE),
 inserted AS (
     INSERT INTO forkpool.jobs AS j
-           (id, job, args, queue, priority, run_at, max_attempts, unique_key)
+           (id, job, args, queue, priority, run_at, max_attempts, unique_key, paused)
     OVERRIDING SYSTEM VALUE
     SELECT i.id, i.job, i.args::jsonb, coalesce(i.queue, d.queue, 'default'),
            coalesce(i.priority, d.priority, 0),
            coalesce(i.run_at::timestamptz, now() + coalesce(i.delay_ms, 0) * interval '1 ms'),
-           coalesce(i.max_attempts, d.max_attempts, 20), i.unique_key
+           coalesce(i.max_attempts, d.max_attempts, 20), i.unique_key,
+           coalesce(i.queue, d.queue, 'default') IN (SELECT p.queue FROM paused p)
       FROM items i LEFT JOIN forkpool.job_defaults d ON d.job = i.job
      ORDER BY i.n
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('available', 'running')

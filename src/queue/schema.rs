@@ -9,7 +9,11 @@
 use crate::pool::{self, PooledConnection};
 
 /// Every version's SQL, in order; the schema's version is the length of the applied prefix.
-const MIGRATIONS: &[&str] = &[include_str!("schema.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// The schema version this binary reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
