@@ -7,10 +7,12 @@
 //! the completion runs inside the job's own transaction, so a lost fence rolls back the job's
 //! effects with it (the caller sees `Ok(false)` and rolls back).
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::join;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
 
 use crate::pool::{self, PooledConnection};
 
@@ -158,7 +160,7 @@ pub fn complete_and_commit(
     result: &str,
 ) -> Result<bool, pool::Error> {
     let statement = conn.prepare_typed(COMPLETE, &[])?;
-    let committed = conn.pipelined(|client| async move {
+    conn.pipelined(|client| async move {
         let (honor_cancel, or_fail) = (true, true);
         let params: [&(dyn ToSql + Sync); 5] = [
             &claim.id,
@@ -167,22 +169,45 @@ pub fn complete_and_commit(
             &honor_cancel,
             &or_fail,
         ];
-        let (completed, committed) = join(
-            client.query(&statement, &params),
-            client.batch_execute("COMMIT"),
-        )
-        .await;
-        match completed {
-            Ok(_) => committed.map(|()| true),
-            // The fence failed; the COMMIT behind it found the transaction failed and
-            // rolled it back.
-            Err(e) if e.code().map(|code| code.code()) == Some(FENCE_LOST) => {
-                committed.map(|()| false)
-            }
-            Err(e) => Err(e),
-        }
-    })?;
-    Ok(committed)
+        commit_behind(client, client.query(&statement, &params)).await
+    })
+}
+
+/// Sends `COMMIT` right behind a fenced completion (one round trip for both): `Ok(true)`
+/// committed; `Ok(false)` when the completion raised [`FENCE_LOST`] — the `COMMIT` behind it
+/// found the transaction failed and rolled it back.
+async fn commit_behind(
+    client: &Client,
+    completion: impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>>,
+) -> Result<bool, tokio_postgres::Error> {
+    let (completed, committed) = join(completion, client.batch_execute("COMMIT")).await;
+    match completed {
+        Ok(_) => committed.map(|()| true),
+        Err(e) if e.code().map(|code| code.code()) == Some(FENCE_LOST) => committed.map(|()| false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A batch's completions: `forkpool.complete_jobs` (schema version 3), every job fenced by
+/// its claim and a cancel honoured; raises [`FENCE_LOST`] when any fence fails.
+const COMPLETE_ALL: &str = "SELECT forkpool.complete_jobs($1, $2, $3)";
+
+/// A batch's last step, inside the transaction that ran its jobs: every job completed with
+/// its result, then `COMMIT`, pipelined. `Ok(true)`: committed. `Ok(false)`: a fence failed
+/// (a job rescued or cancelled meanwhile) and the whole batch was rolled back. `Err`: the
+/// completions or the commit failed; nothing was committed either.
+pub fn complete_all_and_commit(
+    conn: &mut PooledConnection,
+    completions: &[(Claim, String)],
+) -> Result<bool, pool::Error> {
+    let statement = conn.prepare_typed(COMPLETE_ALL, &[])?;
+    let ids: Vec<i64> = completions.iter().map(|(claim, _)| claim.id).collect();
+    let claim_counts: Vec<i32> = completions.iter().map(|(c, _)| c.claim_count).collect();
+    let results: Vec<&str> = completions.iter().map(|(_, r)| r.as_str()).collect();
+    conn.pipelined(|client| async move {
+        let params: [&(dyn ToSql + Sync); 3] = [&ids, &claim_counts, &results];
+        commit_behind(client, client.query(&statement, &params)).await
+    })
 }
 
 /// The SQL of what a failure appends to `errors` (over the row's own `attempt`), with the

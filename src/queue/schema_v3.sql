@@ -158,3 +158,30 @@ BEGIN
     RAISE EXCEPTION 'forkpool.enqueue: unique_key % kept changing hands', p_unique_key
         USING ERRCODE = '40001';
 END $$;
+
+-- A batch's completions (`queue.batch` above 1), in the transaction that ran the batch's
+-- jobs: each claimed job `completed` with its result, fenced as `forkpool.complete_job` with
+-- a cancel honoured. If any fence fails it raises SQLSTATE FP001, so that the `COMMIT` sent
+-- behind it rolls the whole batch back: the worker then runs those jobs one at a time, each
+-- settled by its own fence (nothing is committed for a job whose claim is no longer held).
+CREATE FUNCTION forkpool.complete_jobs(p_ids bigint[], p_claim_counts int[], p_results text[])
+RETURNS void
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
+DECLARE
+    completed bigint;
+BEGIN
+    UPDATE forkpool.jobs j
+       SET state = 'completed', finished_at = now(), result = c.result::jsonb,
+           lease_until = NULL, backend_pid = NULL
+      FROM unnest(p_ids, p_claim_counts, p_results) AS c(id, claim_count, result)
+     WHERE j.id = c.id AND j.claim_count = c.claim_count AND j.state = 'running'
+       AND NOT j.cancel_requested;
+    GET DIAGNOSTICS completed = ROW_COUNT;
+    IF completed <> cardinality(p_ids) THEN
+        RAISE EXCEPTION 'forkpool.complete_jobs: % of % jobs are no longer held by their claims',
+            cardinality(p_ids) - completed, cardinality(p_ids)
+            USING ERRCODE = 'FP001';
+    END IF;
+END $$;
