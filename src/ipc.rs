@@ -24,11 +24,13 @@ pub enum ToWorker {
         args: Box<RawValue>,
         timeout_ms: u64,
     },
-    /// Claim one durable job and run it (DESIGN §12): sent only to a slot that is free, so
-    /// a worker never holds a durable job it is not running. Queues in `excluded_queues`
-    /// are at their `[queue.limits]` cap on this host.
+    /// Claim durable jobs and run them (DESIGN §12): one per claim id, all by the executor
+    /// that reads this frame — one id (the default), or up to `queue.batch` ids whose jobs
+    /// it runs as one batch. Sent only for an executor that is free, so a worker never holds
+    /// a durable job no executor has taken. Queues in `excluded_queues` are at their
+    /// `[queue.limits]` cap on this host.
     Claim {
-        claim_id: u64,
+        claim_ids: Vec<u64>,
         excluded_queues: Vec<String>,
     },
     /// Stop: finish the jobs already received, close pools, exit. (A fast stop is SIGINT:

@@ -264,12 +264,24 @@ fn enqueue_by_socket(
 
 #[test]
 fn a_kill_9_storm_on_workers_leaves_every_job_completed_with_exactly_one_effect() {
+    kill_9_storm("crash_storm", 1);
+}
+
+/// With `queue.batch = 4` the jobs of a batch commit together; a kill lands in a batch's
+/// transaction as often as in one job's, and must leave no effect twice either.
+#[test]
+fn a_kill_9_storm_on_batching_workers_leaves_every_job_completed_with_exactly_one_effect() {
+    kill_9_storm("crash_storm_batches", 4);
+}
+
+/// Rounds of enqueues by the socket and by SQL under a storm of SIGKILLs on the workers
+/// (`batch`: `queue.batch`); then every job completed once with one effect.
+fn kill_9_storm(name: &str, batch: usize) {
     const ROUNDS: usize = 10;
     const PER_ROUND: usize = 100; // by the socket and as many by SQL, each round
     /// The storm lasts as long as the load, at most this long.
     const STORM_MAX: Duration = Duration::from_secs(8);
     let cluster = Cluster::shared();
-    let name = "crash_storm";
     let mut db = database_with_effects(cluster, name);
     // Each effect takes 10 ms more on the server, between the job's INSERT and its commit:
     // the window where a kill tests exactly-once is wide enough for the storm to hit it.
@@ -283,14 +295,16 @@ fn a_kill_9_storm_on_workers_leaves_every_job_completed_with_exactly_one_effect(
         .job("effect", EFFECT_JOB)
         .worker_key("min_lifetime", "\"0s\"")
         .worker_key("give_up_after", "1000000")
-        .worker_key("restart_backoff_max", "\"200ms\"");
+        .worker_key("restart_backoff_max", "\"200ms\"")
+        .queue_key("batch", &batch.to_string());
     options.workers = 4;
     let service = durable_service(name, options);
 
     // The load: rounds of socket and SQL enqueues, as fast as they go.
     let socket = service.socket.clone();
+    let name = name.to_string();
     let enqueuer = thread::spawn(move || {
-        let mut sql = Cluster::shared().superuser_in(name);
+        let mut sql = Cluster::shared().superuser_in(&name);
         for round in 0..ROUNDS {
             let first = round * PER_ROUND;
             enqueue_by_socket(&socket, "socket", first..first + PER_ROUND);
@@ -345,6 +359,17 @@ fn a_kill_9_storm_on_workers_leaves_every_job_completed_with_exactly_one_effect(
 
     assert_eq!(count(&mut db, "SELECT count(*) FROM forkpool.jobs"), jobs);
     assert_one_effect_per_job(&mut db, jobs);
+    // A job's completion is its row's last version: jobs whose rows share an `xmin`
+    // committed in one transaction — a batch's, or each its own with `batch = 1`.
+    let most_together = count(
+        &mut db,
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM forkpool.jobs GROUP BY xmin::text) t",
+    );
+    if batch == 1 {
+        assert_eq!(most_together, 1, "with batch = 1 every job commits alone");
+    } else {
+        assert!(most_together > 1, "no two jobs committed together");
+    }
     // Every attempt but the last was lost with its worker, and each loss is on record.
     let rescued = count(
         &mut db,

@@ -8,25 +8,17 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use forkpool::pool::{ConnInfo, Pool, PoolSettings, PooledConnection};
+use forkpool::pool::{Pool, PooledConnection};
 use forkpool::queue::claim::{self, Holder};
 use forkpool::queue::enqueue::{self, NewJob};
 use forkpool::queue::schema;
-use support::{poll_until, Cluster, APP_DATABASE};
+use support::{poll_until, Cluster};
 
 /// A fresh database with the schema migrated, and a TLS pool on it.
 fn migrated(name: &str) -> Pool {
     let cluster = Cluster::shared();
     cluster.create_database(name);
-    let url = cluster
-        .tcp_url("require")
-        .replace(&format!("dbname={APP_DATABASE}"), &format!("dbname={name}"));
-    let pool = Pool::new(
-        name,
-        ConnInfo::parse(&url).unwrap(),
-        PoolSettings::new().pool_size(4),
-    )
-    .unwrap();
+    let pool = cluster.app_pool(name, 4);
     schema::migrate_schema(&mut pool.checkout("migrate").unwrap()).unwrap();
     pool
 }
@@ -204,15 +196,7 @@ fn a_resume_waits_for_a_transaction_storing_into_the_paused_queue_and_leaves_no_
 fn a_schema_at_version_2_is_upgraded_with_its_paused_backlog_marked() {
     let cluster = Cluster::shared();
     cluster.create_database("paused_upgrade");
-    let url = cluster
-        .tcp_url("require")
-        .replace(&format!("dbname={APP_DATABASE}"), "dbname=paused_upgrade");
-    let pool = Pool::new(
-        "paused_upgrade",
-        ConnInfo::parse(&url).unwrap(),
-        PoolSettings::new().pool_size(2),
-    )
-    .unwrap();
+    let pool = cluster.app_pool("paused_upgrade", 2);
     let mut conn = pool.checkout("t").unwrap();
     // Versions 1 and 2 as a forkpool of version 2 left them: a paused queue with a job.
     conn.batch_execute(&format!(

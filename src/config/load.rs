@@ -331,6 +331,13 @@ impl Loader {
         self.check(outcome.is_ok(), "queue.database", &[], || {
             outcome.unwrap_err()
         });
+        let (batch, limits) = (self.queue.batch, self.queue.limits.len());
+        self.check(batch == 1 || limits == 0, "queue.batch", &[], || {
+            format!(
+                "queue.batch = {batch} with [queue.limits]: a cap is kept claim by claim, so \
+                 batches need a queue without limits (set queue.batch = 1, or drop the limits)"
+            )
+        });
     }
 
     /// Each schedule names a job and when it ticks.

@@ -22,7 +22,12 @@ pub const QUEUE_KEYS: &[&str] = &[
     "host_id",
     "listen",
     "limits",
+    "batch",
 ];
+
+/// The largest `queue.batch`: a batch's jobs commit together, so one slow job holds back
+/// this many; past a few dozen the claim and the commit are already a small share of a job.
+pub const MAX_BATCH: usize = 64;
 
 /// `queue.migrate`: who creates and upgrades the `forkpool` schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,11 @@ pub struct QueueConfig {
     pub listen: bool,
     /// Caps per named queue on this host (`[queue.limits] emails = 2`).
     pub limits: BTreeMap<String, usize>,
+    /// Jobs one worker thread claims at once and runs in one transaction when they are
+    /// exactly-once SQL jobs of one statement (DESIGN §12, Batches). 1, the default: one
+    /// job per claim and per transaction, so no job waits behind another or commits with it.
+    /// Above 1 only without `[queue.limits]` (a cap is kept claim by claim).
+    pub batch: usize,
 }
 
 impl Default for QueueConfig {
@@ -80,6 +90,7 @@ impl Default for QueueConfig {
             host_id: None,
             listen: true,
             limits: BTreeMap::new(),
+            batch: 1,
         }
     }
 }
@@ -138,6 +149,15 @@ pub fn set_queue(
             q.lease = lease;
         }
         ("listen", None) => q.listen = values::boolean(v).map_err(bad)?,
+        ("batch", None) => {
+            let n: usize = values::whole_number(v).map_err(bad)?;
+            if !(1..=MAX_BATCH).contains(&n) {
+                return Err(bad(format!(
+                    "must be from 1 to {MAX_BATCH} (jobs a worker thread claims at once)"
+                )));
+            }
+            q.batch = n;
+        }
         ("host_id", None) => {
             let id = values::text(v).map_err(bad)?;
             q.host_id = (!id.is_empty()).then_some(id);

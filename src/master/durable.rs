@@ -209,35 +209,44 @@ impl Master {
         }
     }
 
-    /// Hands free slots a claim each while work may wait (after the `run` jobs had theirs).
+    /// Hands free slots claims while work may wait (after the `run` jobs had theirs): one
+    /// claim per frame, or with `queue.batch` above 1 up to that many in one frame, taken
+    /// by one executor as one batch.
     pub(super) fn dispatch_claims(&mut self) {
         if self.control.stopping() || !self.durable_enabled() {
             return;
         }
         let threads = self.config.workers.threads;
+        let batch = self.config.queue.batch.max(1);
         while self.durable.wants_claim(&self.config.queue) {
             let Some(slot) = self.workers.least_busy_with_room(threads) else {
                 return;
             };
             let excluded = self.durable.excluded_queues(&self.config.queue);
-            let claim_id = self.durable.next_claim_id;
-            self.durable.next_claim_id += 1;
-            self.durable.claims.insert(
-                claim_id,
-                ClaimInFlight {
-                    slot,
-                    sent: Instant::now(),
-                    wake_generation: self.durable.wake_generation,
-                    excluded: excluded.clone(),
-                    job: None,
-                },
-            );
+            let mut claim_ids = Vec::with_capacity(batch);
+            while claim_ids.len() < batch
+                && (claim_ids.is_empty() || self.durable.wants_claim(&self.config.queue))
+            {
+                let claim_id = self.durable.next_claim_id;
+                self.durable.next_claim_id += 1;
+                self.durable.claims.insert(
+                    claim_id,
+                    ClaimInFlight {
+                        slot,
+                        sent: Instant::now(),
+                        wake_generation: self.durable.wake_generation,
+                        excluded: excluded.clone(),
+                        job: None,
+                    },
+                );
+                claim_ids.push(claim_id);
+            }
             let Some(worker) = self.workers.get_mut(slot) else {
                 return;
             };
-            worker.assign_claim(claim_id);
+            worker.assign_claims(&claim_ids);
             worker.send(&ToWorker::Claim {
-                claim_id,
+                claim_ids,
                 excluded_queues: excluded,
             });
         }

@@ -51,8 +51,11 @@ pub struct Worker {
     batches: Vec<Vec<u64>>,
     /// The last batch is this turn's and may take more jobs (see [`Worker::seal_batch`]).
     filling: bool,
-    /// Durable claims it holds now (DESIGN §12): each takes a slot like a job.
+    /// Durable claims it holds now (DESIGN §12).
     pub claims: Vec<u64>,
+    /// Those claims as they were sent, one frame each: each frame takes an executor like a
+    /// job (one claim per frame, or up to `queue.batch`), until all its claims are answered.
+    claim_frames: Vec<Vec<u64>>,
     /// It was sent a claim at least once: when it dies, the keeper takes back what it held.
     pub ever_claimed: bool,
     /// Since when it has been ready with no job (`None`: booting or busy), for retiring
@@ -91,6 +94,7 @@ impl Worker {
             batches: Vec::new(),
             filling: false,
             claims: Vec::new(),
+            claim_frames: Vec::new(),
             ever_claimed: false,
             idle_since: None,
             rss_bytes: 0,
@@ -162,9 +166,10 @@ impl Worker {
         self.note_if_idle();
     }
 
-    /// A durable claim sent to it.
-    pub fn assign_claim(&mut self, claim_id: u64) {
-        self.claims.push(claim_id);
+    /// Durable claims sent to it in one frame (one executor takes them all).
+    pub fn assign_claims(&mut self, claim_ids: &[u64]) {
+        self.claims.extend_from_slice(claim_ids);
+        self.claim_frames.push(claim_ids.to_vec());
         self.ever_claimed = true;
         self.idle_since = None;
     }
@@ -172,6 +177,10 @@ impl Worker {
     /// A claim it answered: empty, or its job settled (`ran`).
     pub fn release_claim(&mut self, claim_id: u64, ran: bool) {
         self.claims.retain(|claim| *claim != claim_id);
+        for frame in &mut self.claim_frames {
+            frame.retain(|claim| *claim != claim_id);
+        }
+        self.claim_frames.retain(|frame| !frame.is_empty());
         if ran {
             self.jobs_done += 1;
         }
@@ -195,22 +204,23 @@ impl Worker {
         matches!(self.lifecycle, Lifecycle::Serving | Lifecycle::Retiring) && self.holds_nothing()
     }
 
-    /// Takes a durable claim: ready, not retiring or stopping, and holding fewer than
-    /// `threads` jobs and claims together.
+    /// Takes a frame of durable claims: ready, not retiring or stopping, and holding fewer
+    /// than `threads` jobs and claim frames together.
     pub fn has_room(&self, threads: usize) -> bool {
-        self.lifecycle == Lifecycle::Serving && self.running.len() + self.claims.len() < threads
+        self.lifecycle == Lifecycle::Serving
+            && self.running.len() + self.claim_frames.len() < threads
     }
 
     /// Takes a `run` job it can start now (no prefetch): into this turn's batch while it
     /// holds fewer than `pipeline` jobs, else as the first of a new batch while an executor
-    /// is free (fewer than `threads` batches and claims). With `pipeline = 1`, exactly
+    /// is free (fewer than `threads` batches and claim frames). With `pipeline = 1`, exactly
     /// [`Worker::has_room`].
     pub fn has_room_for_job(&self, threads: usize, pipeline: usize) -> bool {
         if self.lifecycle != Lifecycle::Serving {
             return false;
         }
         let open = self.filling && self.batches.last().is_some_and(|b| b.len() < pipeline);
-        open || self.batches.len() + self.claims.len() < threads
+        open || self.batches.len() + self.claim_frames.len() < threads
     }
 
     /// Why this worker should be replaced now (after `max_jobs` jobs, or past `max_rss`), if

@@ -100,22 +100,33 @@ impl DurableRun<'_> {
             error: None,
         });
         debug!(target: "forkpool::queue", "worker {} claimed job {} ({}), attempt {}", self.slot, job.claim.id, job.job, job.attempt);
-        let settled = match spec {
-            Some(spec) => self.run(conn, &job, &spec),
+        let settled = self.run_claimed(conn, &job, spec.as_deref());
+        send(&FromWorker::Settled {
+            claim_id,
+            job_id: job.claim.id,
+            outcome: settled.to_string(),
+        });
+    }
+
+    /// Runs a claimed job and settles it; `conn` is a session on the queue's database (the
+    /// claim's own, for an exactly-once job). `spec` is `None` for a job this catalog lacks.
+    pub(super) fn run_claimed(
+        &self,
+        conn: PooledConnection,
+        job: &ClaimedJob,
+        spec: Option<&JobSpec>,
+    ) -> Outcome {
+        match spec {
+            Some(spec) => self.run(conn, job, spec),
             // Claims name only this catalog's jobs; a reload between can still drop one.
             None => {
                 let error = ErrorBody::new(
                     ErrorKind::UnknownJob,
                     format!("job `{}` is not in this worker's catalog", job.job),
                 );
-                self.settle_failure(Some(conn), &job, None, &error)
+                self.settle_failure(Some(conn), job, None, &error)
             }
-        };
-        send(&FromWorker::Settled {
-            claim_id,
-            job_id: job.claim.id,
-            outcome: settled.to_string(),
-        });
+        }
     }
 
     /// Runs the claimed job; `conn` is the claim's session on the queue's database.
@@ -386,14 +397,14 @@ impl DurableRun<'_> {
     }
 
     /// The `run` result object with this worker's fields (DESIGN §5), as JSON text.
-    fn result_object(&self, mut result: Value, started: Instant) -> String {
+    pub(super) fn result_object(&self, mut result: Value, started: Instant) -> String {
         result["worker"] = json!(self.slot);
         result["pid"] = json!(super::own_pid());
         result["elapsed_ms"] = json!(started.elapsed().as_secs_f64() * 1000.0);
         result.to_string()
     }
 
-    fn reuse_or_checkout(
+    pub(super) fn reuse_or_checkout(
         &self,
         conn: Option<PooledConnection>,
     ) -> Result<PooledConnection, pool::Error> {
@@ -405,7 +416,7 @@ impl DurableRun<'_> {
         Ok(conn)
     }
 
-    fn bookkeeping_session(&self) -> Result<PooledConnection, pool::Error> {
+    pub(super) fn bookkeeping_session(&self) -> Result<PooledConnection, pool::Error> {
         let pool = self
             .pools
             .get(&self.setup.database)
@@ -449,7 +460,7 @@ fn retryable(kind: ErrorKind) -> bool {
     )
 }
 
-fn claim_failed(claim_id: u64, why: &str) -> FromWorker {
+pub(super) fn claim_failed(claim_id: u64, why: &str) -> FromWorker {
     debug!(target: "forkpool::queue", "claim failed: {why}");
     FromWorker::Claimed {
         claim_id,

@@ -6,6 +6,7 @@
 //! - a signal waiter turns TERM / INT / QUIT into a stop;
 //! - the main thread ticks: pool maintenance and a heartbeat to the master, until told to stop.
 
+mod durable_batch;
 mod durable_job;
 mod pipelined;
 pub(crate) mod reset;
@@ -65,9 +66,9 @@ type Inbox = Mutex<Option<BufReader<UnixStream>>>;
 enum Work {
     /// A `run` job, answered with `Done`.
     Run(Job),
-    /// A durable claim (DESIGN §12), answered with `Claimed`, then `Settled`.
+    /// Durable claims (DESIGN §12), each answered with `Claimed`, then `Settled`.
     Claim {
-        claim_id: u64,
+        claim_ids: Vec<u64>,
         excluded_queues: Vec<String>,
     },
 }
@@ -242,10 +243,10 @@ impl Executor {
                 (
                     1,
                     Some(Work::Claim {
-                        claim_id,
+                        claim_ids,
                         excluded_queues,
                     }),
-                ) => self.claim(claim_id, &excluded_queues),
+                ) => self.claim(&claim_ids, &excluded_queues),
                 (_, last) => {
                     work.extend(last);
                     let jobs = work.into_iter().filter_map(|work| match work {
@@ -280,16 +281,19 @@ impl Executor {
         sent
     }
 
-    /// A durable claim; false when the master is gone.
-    fn claim(&self, claim_id: u64, excluded_queues: &[String]) -> bool {
+    /// Durable claims: one job, or a batch (`queue.batch`); false when the master is gone.
+    fn claim(&self, claim_ids: &[u64], excluded_queues: &[String]) -> bool {
         let Some(setup) = &self.durable else {
             // The master sends claims only when durable jobs are on; answer anyway.
-            let nothing = FromWorker::Claimed {
-                claim_id,
-                job: None,
-                error: Some("durable jobs are off in this worker".into()),
-            };
-            return send(&self.writer, &nothing).is_ok();
+            let nothing: Vec<FromWorker> = claim_ids
+                .iter()
+                .map(|&claim_id| FromWorker::Claimed {
+                    claim_id,
+                    job: None,
+                    error: Some("durable jobs are off in this worker".into()),
+                })
+                .collect();
+            return send_all(&self.writer, &nothing);
         };
         let run = durable_job::DurableRun {
             slot: self.slot,
@@ -299,11 +303,19 @@ impl Executor {
             stopping: &self.stopping,
         };
         let sent = std::cell::Cell::new(true);
-        run.claim_and_run(claim_id, excluded_queues, |frame| {
-            if send(&self.writer, frame).is_err() {
-                sent.set(false);
-            }
-        });
+        if let [claim_id] = claim_ids {
+            run.claim_and_run(*claim_id, excluded_queues, |frame| {
+                if send(&self.writer, frame).is_err() {
+                    sent.set(false);
+                }
+            });
+        } else {
+            durable_batch::claim_and_run(&run, claim_ids, excluded_queues, |frames| {
+                if !send_all(&self.writer, frames) {
+                    sent.set(false);
+                }
+            });
+        }
         sent.get()
     }
 }
@@ -338,11 +350,11 @@ fn next_work(inbox: &Inbox, stop: &Sender<Stop>, pipeline: usize) -> Option<Vec<
             return Some(batch);
         }
         Ok(Some(ToWorker::Claim {
-            claim_id,
+            claim_ids,
             excluded_queues,
         })) => {
             return Some(vec![Work::Claim {
-                claim_id,
+                claim_ids,
                 excluded_queues,
             }])
         }
@@ -461,6 +473,16 @@ fn own_pid() -> u32 {
 fn send(writer: &Mutex<UnixStream>, message: &FromWorker) -> std::io::Result<()> {
     let mut channel = writer.lock().expect("channel writer lock");
     ipc::write_frame(&mut *channel, message)
+}
+
+/// Several frames in one write (a batch's claims or settlings: the master reads them in one
+/// turn); false when the master is gone.
+fn send_all(writer: &Mutex<UnixStream>, messages: &[FromWorker]) -> bool {
+    let mut frames = Vec::new();
+    for message in messages {
+        ipc::encode_into(&mut frames, message);
+    }
+    send_encoded(writer, &frames).is_ok()
 }
 
 /// Writes frames already encoded (several answers in one write).

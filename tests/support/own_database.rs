@@ -29,3 +29,19 @@ impl ServiceOptions {
         self
     }
 }
+
+impl Cluster {
+    /// A pool of `size` TLS sessions (sslmode=require) as the app role in database `name`.
+    pub fn app_pool(&self, name: &str, size: usize) -> forkpool::pool::Pool {
+        use forkpool::pool::{ConnInfo, Pool, PoolSettings};
+        let url = self
+            .tcp_url("require")
+            .replace(&format!("dbname={APP_DATABASE}"), &format!("dbname={name}"));
+        Pool::new(
+            name,
+            ConnInfo::parse(&url).unwrap(),
+            PoolSettings::new().pool_size(size),
+        )
+        .unwrap()
+    }
+}

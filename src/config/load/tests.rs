@@ -143,3 +143,20 @@ fn durations_past_a_century_are_refused_naming_the_key() {
     assert!(text.contains("workers.job_timeout"), "{text}");
     assert_eq!(text.matches("at most 100 years").count(), 2, "{text}");
 }
+
+#[test]
+fn queue_batch_defaults_to_one_and_is_refused_out_of_range_or_with_limits() {
+    assert_eq!(load_text("", &[]).unwrap().queue.batch, 1);
+    let config = load_text("[queue]\nbatch = 8\n", &[]).unwrap();
+    assert_eq!(config.queue.batch, 8);
+    let errors = load_text("[queue]\nbatch = 0\n", &[]).unwrap_err();
+    assert!(
+        errors.problems[0].contains("queue.batch = 0: must be from 1 to 64"),
+        "{errors}"
+    );
+    let errors = load_text("[queue]\nbatch = 4\n[queue.limits]\nemails = 2\n", &[]).unwrap_err();
+    assert!(
+        errors.problems[0].contains("queue.batch = 4 with [queue.limits]"),
+        "{errors}"
+    );
+}
