@@ -27,7 +27,8 @@
 # (20000: the burn-down's jobs), DURABLE_SERIAL (2000: jobs enqueued one at a time),
 # DURABLE_LATENCY (200: jobs one at a time with idle workers), DURABLE_WORKERS (2) ×
 # DURABLE_THREADS (4) forkpool slots, GRAPHILE_CONCURRENCY (8), DURABLE_CLIENTS (4) and
-# DURABLE_PIPELINE (64) for forkpool's enqueue. ONLY=durable runs only this section.
+# DURABLE_PIPELINE (64) for forkpool's enqueue, DURABLE_BATCH (1: forkpool's queue.batch).
+# ONLY=durable runs only this section.
 #
 # Everything lives in a temporary directory (a private cluster on a free port with TLS,
 # certificates made with openssl, the forkpool configuration) removed on exit. The
@@ -48,6 +49,7 @@ DURABLE_WORKERS=${DURABLE_WORKERS:-2}
 DURABLE_THREADS=${DURABLE_THREADS:-4}
 DURABLE_CLIENTS=${DURABLE_CLIENTS:-4}
 DURABLE_PIPELINE=${DURABLE_PIPELINE:-64}
+DURABLE_BATCH=${DURABLE_BATCH:-1}
 GRAPHILE_CONCURRENCY=${GRAPHILE_CONCURRENCY:-8}
 APP_PASSWORD=bench-Secret-1
 
@@ -359,6 +361,7 @@ url = "host=127.0.0.1 port=$port user=app dbname=app sslmode=disable"
 
 [queue]
 database = "main"
+batch = $DURABLE_BATCH
 EOF2
 RUST_LOG=warn "$forkpool" run --config "$tmp/forkpool-durable.toml" 2>>"$tmp/logs/service-durable.log" &
 service_pid=$!
@@ -375,6 +378,9 @@ done
     --durable-latency "$DURABLE_LATENCY" --json >"$tmp/durable-forkpool.json"
 "$forkpool" bench --socket "$tmp/forkpool.sock" --durable --job noop --jobs "$DURABLE_SERIAL" \
     --clients 1 --pipeline 1 --json >"$tmp/durable-forkpool-serial.json"
+# The drain alone: the same enqueue into a paused queue, resumed once stored.
+"$forkpool" bench --socket "$tmp/forkpool.sock" --durable --drain --job noop --jobs "$DURABLE_JOBS" \
+    --clients "$DURABLE_CLIENTS" --pipeline "$DURABLE_PIPELINE" --json >"$tmp/durable-forkpool-drain.json"
 stop_service
 
 echo "== durable: graphile-worker, concurrency $GRAPHILE_CONCURRENCY, one Node process" >&2
@@ -389,10 +395,15 @@ fi
 
 echo
 echo "durable jobs: forkpool $(git -C "$repo" rev-parse --short HEAD) ($DURABLE_WORKERS workers ×" \
-    "$DURABLE_THREADS threads, enqueue over $DURABLE_CLIENTS clients × pipeline $DURABLE_PIPELINE)" \
+    "$DURABLE_THREADS threads, queue.batch = $DURABLE_BATCH, enqueue over $DURABLE_CLIENTS clients × pipeline $DURABLE_PIPELINE)" \
     "vs graphile-worker $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
         "$here/graphile/node_modules/graphile-worker/package.json")" \
     "(concurrency $GRAPHILE_CONCURRENCY, Node $("$here/graphile/node_modules/.bin/node" --version)), $(nproc) cores," \
     "$DURABLE_JOBS jobs of SELECT 1, sslmode=disable"
 python3 "$here/durable_table.py" "$tmp/durable-forkpool.json" "$tmp/durable-forkpool-serial.json" \
     "$tmp/durable-graphile.json"
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
+print("forkpool alone, --drain (enqueued into a paused queue, then resumed): enqueue {:,.0f}"
+      " jobs/s with nothing draining, drain {:,.0f} jobs/s".format(
+          r["enqueue"]["jobs_per_second"], r["burn_down"]["jobs_per_second"]))' \
+    "$tmp/durable-forkpool-drain.json"

@@ -145,3 +145,70 @@ fn bench_durable_enqueues_burns_down_and_reports_start_latency() {
     });
     assert!(counts["durable"]["ready"] == true, "{counts}");
 }
+
+#[test]
+fn bench_durable_drain_pauses_its_queue_while_storing_and_measures_from_the_first_start() {
+    let service = Service::start(
+        ServiceOptions::on(Cluster::shared())
+            .durable()
+            .queue_key("poll_interval", "\"100ms\""),
+    );
+    service.wait_for_log("queue ready", 1);
+    let queue = format!("bench-drain-{}", std::process::id());
+    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
+        .arg("bench")
+        .arg("--socket")
+        .arg(&service.socket)
+        .args([
+            "--durable",
+            "--drain",
+            "--job",
+            "add",
+            "--args",
+            r#"{"a": 41}"#,
+        ])
+        .args([
+            "--clients",
+            "2",
+            "--pipeline",
+            "8",
+            "--json",
+            "--queue",
+            &queue,
+        ])
+        .args(["--jobs", &DURABLE_JOBS.to_string(), "--deadline", "60s"])
+        .env_remove("FORKPOOL_SOCKET")
+        .output()
+        .expect("running forkpool bench --durable --drain");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench --durable --drain exited with {}\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        report["states"],
+        serde_json::json!({"completed": DURABLE_JOBS}),
+        "{report}"
+    );
+    assert_eq!(
+        report["burn_down"]["from"], "first attempted_at",
+        "{report}"
+    );
+    // The queue was paused while the jobs were stored, and resumed after.
+    let logs = service.logs();
+    let paused_at = logs.find(&format!("queue {queue} paused"));
+    let resumed_at = logs.find(&format!("queue {queue} resumed"));
+    assert!(
+        paused_at.is_some() && paused_at < resumed_at,
+        "the bench did not pause its queue, then resume it:\n{logs}"
+    );
+    let paused = Cluster::shared()
+        .query_value(&format!(
+            "SELECT count(*) FROM forkpool.paused_queues WHERE queue = '{queue}'"
+        ))
+        .unwrap();
+    assert_eq!(paused, "0", "the bench left its queue paused");
+}

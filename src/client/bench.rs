@@ -48,6 +48,11 @@ pub struct BenchOptions {
     /// enqueue-to-start latency.
     #[arg(long, conflicts_with = "duration")]
     pub durable: bool,
+    /// With --durable: pause the queue while enqueueing, then resume it, so the burn-down is
+    /// the drain of a stored backlog alone (first attempted_at to last finished_at), not
+    /// bounded by the enqueue's rate.
+    #[arg(long, requires = "durable")]
+    pub drain: bool,
     /// The queue of the durable jobs [default: bench-<pid>-<unix time>, a fresh one].
     #[arg(long)]
     pub queue: Option<String>,

@@ -117,6 +117,9 @@ fn burn_down(
     let mut status = Connection::open(socket)?;
     // `{"id":N` + this: the load driver numbers the requests.
     let tail = format!(",{}\n", &request.to_string()[1..]);
+    if options.drain {
+        hold_queue(&mut status, queue, "pause")?;
+    }
     let started = Instant::now();
     let deadline = started + options.deadline;
     let tallies = drive_all(
@@ -158,6 +161,9 @@ fn burn_down(
     if !errors.is_empty() {
         figures.failed = true;
     }
+    if options.drain {
+        hold_queue(&mut status, queue, "resume")?;
+    }
     let drained = wait_until_drained(&mut status, queue, stored, deadline);
     let observed_seconds = started.elapsed().as_secs_f64();
     if let Err(why) = &drained {
@@ -173,14 +179,19 @@ fn burn_down(
     }
     let results = read_results(socket, &job_ids, options.clients, options.pipeline)?;
     let jobs = Timestamps::of(&results);
-    let burn_down_seconds = jobs.span_seconds();
+    let burn_down_seconds = jobs.span_seconds(options.drain);
+    let from = if options.drain {
+        "first attempted_at"
+    } else {
+        "first created_at"
+    };
     let latency = jobs.start_latency_ms();
     figures.report.insert(
         "burn_down".into(),
         json!({
             "jobs": stored, "seconds": burn_down_seconds,
             "jobs_per_second": stored as f64 / burn_down_seconds,
-            "observed_seconds": observed_seconds,
+            "observed_seconds": observed_seconds, "from": from,
         }),
     );
     figures
@@ -190,8 +201,8 @@ fn burn_down(
         .report
         .insert("start_latency_ms".into(), latency.clone());
     figures.text += &format!(
-        "burn-down     {burn_down_seconds:.3} s: {:.0} jobs/s (first created_at to last \
-         finished_at; status saw it after {observed_seconds:.1} s)\n\
+        "burn-down     {burn_down_seconds:.3} s: {:.0} jobs/s ({from} to last finished_at; \
+         status saw it after {observed_seconds:.1} s)\n\
          states        {:?}\n\
          start         p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms \
          (attempted_at − created_at)\n",
@@ -206,6 +217,20 @@ fn burn_down(
         figures.failed = true;
     }
     Ok(())
+}
+
+/// Pauses or resumes `queue` (`op`), for `--drain`; `Err` with the exit code when refused.
+fn hold_queue(status: &mut Connection, queue: &str, op: &str) -> Result<(), i32> {
+    let answer = status.ask(
+        &json!({"id": 0, "op": op, "queue": queue}),
+        Some(ANSWER_DEADLINE),
+    )?;
+    if answer["ok"] == true {
+        Ok(())
+    } else {
+        eprintln!("forkpool bench: {op} of queue {queue} refused: {answer}");
+        Err(EXIT_FAILED)
+    }
 }
 
 /// Polls `status` until `queue` has nothing available, scheduled or running and `stored`
@@ -359,6 +384,7 @@ struct Timestamps {
     /// `attempted_at − created_at` of each started job, µs, sorted.
     start_us: Vec<u64>,
     first_created: Option<DateTime<FixedOffset>>,
+    first_attempted: Option<DateTime<FixedOffset>>,
     last_finished: Option<DateTime<FixedOffset>>,
 }
 
@@ -373,6 +399,7 @@ impl Timestamps {
             states: BTreeMap::new(),
             start_us: Vec::with_capacity(results.len()),
             first_created: None,
+            first_attempted: None,
             last_finished: None,
         };
         for result in results {
@@ -386,15 +413,25 @@ impl Timestamps {
             if let Some(created) = created {
                 jobs.first_created = Some(jobs.first_created.map_or(created, |t| t.min(created)));
             }
+            if let Some(attempted) = time(result, "attempted_at") {
+                jobs.first_attempted =
+                    Some(jobs.first_attempted.map_or(attempted, |t| t.min(attempted)));
+            }
             jobs.last_finished = jobs.last_finished.max(time(result, "finished_at"));
         }
         jobs.start_us.sort_unstable();
         jobs
     }
 
-    /// The first `created_at` to the last `finished_at`, in seconds.
-    fn span_seconds(&self) -> f64 {
-        match (self.first_created, self.last_finished) {
+    /// The first `created_at` (with `drain`, `attempted_at`) to the last `finished_at`, in
+    /// seconds.
+    fn span_seconds(&self, drain: bool) -> f64 {
+        let first = if drain {
+            self.first_attempted
+        } else {
+            self.first_created
+        };
+        match (first, self.last_finished) {
             (Some(first), Some(last)) => {
                 (last - first).num_microseconds().unwrap_or(0) as f64 / 1e6
             }
