@@ -27,6 +27,14 @@ sql = "SELECT 10 / :d AS q"
 d = "int4"
 "#;
 
+/// Sleeps `s` seconds on the server.
+const NAP: &str = r#"
+timeout = "60s"
+sql = "SELECT :s AS slept FROM pg_sleep(:s)"
+[params]
+s = "float8"
+"#;
+
 fn count(db: &mut postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).unwrap().get(0)
 }
@@ -183,4 +191,75 @@ fn a_batch_whose_fence_fails_for_one_job_commits_none_of_them() {
         .unwrap()[0]
         .get(0);
     assert_eq!(done, 3);
+}
+
+#[test]
+fn a_fast_stop_during_a_batch_puts_its_jobs_back_without_spending_their_attempts() {
+    let cluster = Cluster::shared();
+    let name = "batch_fast_stop";
+    let mut db = cluster.create_database(name);
+    let mut options = ServiceOptions::on(cluster)
+        .in_database(name)
+        .durable()
+        .queue_key("poll_interval", "\"100ms\"")
+        .queue_key("batch", "4")
+        .job("nap", NAP);
+    options.workers = 1;
+    options.threads = 1;
+    let mut service = Service::start(options);
+    service.wait_for_status("durable jobs ready", |s| s["durable"]["ready"] == true);
+    // Naps of 3 s. After a wake-up the first frame holds one claim; as claims find jobs the
+    // frames grow, so the executor's second frame is a batch, asleep in one transaction.
+    db.batch_execute("SELECT forkpool.enqueue('nap', '{\"s\": 3}') FROM generate_series(1, 8)")
+        .unwrap();
+    let db = std::cell::RefCell::new(db);
+    let completed_before = poll_until(
+        "a batch asleep on the server",
+        Duration::from_secs(30),
+        || {
+            let mut db = db.borrow_mut();
+            let asleep = count(
+                &mut db,
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+            );
+            let running = count(
+                &mut db,
+                "SELECT count(*) FROM forkpool.jobs WHERE state = 'running'",
+            );
+            let completed = count(
+                &mut db,
+                "SELECT count(*) FROM forkpool.jobs WHERE state = 'completed'",
+            );
+            (asleep == 1 && running >= 2).then_some(completed)
+        },
+        || service.logs(),
+    );
+    service.signal(nix::sys::signal::Signal::SIGINT);
+    let exit = service.wait_exit();
+    assert!(exit.success(), "{exit:?}; logs:\n{}", service.logs());
+    let mut db = db.into_inner();
+    // The batch's query cancelled and the worker gone at once (a fast stop), the keeper put
+    // the batch's jobs back at the stop: nothing completed after the signal, and every other
+    // job waits with its attempt given back.
+    let jobs: Vec<(String, i32, String)> = db
+        .query(
+            "SELECT state, attempt, errors::text FROM forkpool.jobs ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let completed = jobs.iter().filter(|j| j.0 == "completed").count() as i64;
+    let put_back = jobs
+        .iter()
+        .filter(|j| j.0 == "available" && j.1 == 0 && j.2 == "[]")
+        .count() as i64;
+    assert_eq!(
+        (completed, put_back),
+        (completed_before, 8 - completed_before),
+        "(completed, put back) — jobs: {jobs:?}; logs:\n{}",
+        service.logs()
+    );
 }
