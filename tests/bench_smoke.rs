@@ -77,22 +77,28 @@ fn bench_counts_failed_jobs_by_kind_and_exits_1() {
 /// Jobs in the durable smoke run.
 const DURABLE_JOBS: u64 = 300;
 
-#[test]
-fn bench_durable_enqueues_burns_down_and_reports_start_latency() {
+/// A durable service of its own, its queue ready.
+fn durable_service() -> Service {
     let service = Service::start(
         ServiceOptions::on(Cluster::shared())
             .durable()
             .queue_key("poll_interval", "\"100ms\""),
     );
     service.wait_for_log("queue ready", 1);
+    service
+}
+
+/// `forkpool bench --durable` of `DURABLE_JOBS` `add` jobs (2 clients × pipeline 8) with
+/// `extra` arguments; it must succeed; its JSON report.
+fn durable_bench(service: &Service, extra: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
         .arg("bench")
         .arg("--socket")
         .arg(&service.socket)
         .args(["--durable", "--job", "add", "--args", r#"{"a": 41}"#])
         .args(["--clients", "2", "--pipeline", "8", "--json"])
-        .args(["--jobs", &DURABLE_JOBS.to_string()])
-        .args(["--durable-latency", "5", "--deadline", "60s"])
+        .args(["--jobs", &DURABLE_JOBS.to_string(), "--deadline", "60s"])
+        .args(extra)
         .env_remove("FORKPOOL_SOCKET")
         .output()
         .expect("running forkpool bench --durable");
@@ -100,12 +106,19 @@ fn bench_durable_enqueues_burns_down_and_reports_start_latency() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "bench --durable exited with {}\nstdout: {stdout}\nstderr: {stderr}\nservice logs:\n{}",
+        "bench --durable {extra:?} exited with {}\nstdout: {stdout}\nstderr: {stderr}\n\
+         service logs:\n{}",
         output.status,
         service.logs()
     );
-    let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("bench --durable --json printed no JSON ({e}): {stdout}"));
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench --durable --json printed no JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn bench_durable_enqueues_burns_down_and_reports_start_latency() {
+    let service = durable_service();
+    let report = durable_bench(&service, &["--durable-latency", "5"]);
     assert_eq!(report["failed"], false, "{report}");
     assert!(
         report["queue"]
@@ -148,46 +161,9 @@ fn bench_durable_enqueues_burns_down_and_reports_start_latency() {
 
 #[test]
 fn bench_durable_drain_pauses_its_queue_while_storing_and_measures_from_the_first_start() {
-    let service = Service::start(
-        ServiceOptions::on(Cluster::shared())
-            .durable()
-            .queue_key("poll_interval", "\"100ms\""),
-    );
-    service.wait_for_log("queue ready", 1);
+    let service = durable_service();
     let queue = format!("bench-drain-{}", std::process::id());
-    let output = Command::new(env!("CARGO_BIN_EXE_forkpool"))
-        .arg("bench")
-        .arg("--socket")
-        .arg(&service.socket)
-        .args([
-            "--durable",
-            "--drain",
-            "--job",
-            "add",
-            "--args",
-            r#"{"a": 41}"#,
-        ])
-        .args([
-            "--clients",
-            "2",
-            "--pipeline",
-            "8",
-            "--json",
-            "--queue",
-            &queue,
-        ])
-        .args(["--jobs", &DURABLE_JOBS.to_string(), "--deadline", "60s"])
-        .env_remove("FORKPOOL_SOCKET")
-        .output()
-        .expect("running forkpool bench --durable --drain");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench --durable --drain exited with {}\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let report = durable_bench(&service, &["--drain", "--queue", &queue]);
     assert_eq!(
         report["states"],
         serde_json::json!({"completed": DURABLE_JOBS}),
