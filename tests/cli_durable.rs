@@ -248,11 +248,18 @@ fn migrate_twice_on_a_fresh_database_is_idempotent() {
     let first = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert_eq!(first.status.code(), Some(0), "{stdout}{:?}", first.stderr);
-    assert_eq!(stdout.trim(), "schema at version 3 (was 0)");
+    let version = forkpool::queue::schema::SCHEMA_VERSION;
+    assert_eq!(
+        stdout.trim(),
+        format!("schema at version {version} (was 0)")
+    );
     let second = forkpool_command(&["migrate", "--config", &config]);
     let stdout = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0), "{stdout}");
-    assert_eq!(stdout.trim(), "schema at version 3 (was 3)");
+    assert_eq!(
+        stdout.trim(),
+        format!("schema at version {version} (was {version})")
+    );
     let versions = cluster
         .superuser_in("cli_migrate")
         .query("SELECT count(*) FROM forkpool.schema_version", &[]);

@@ -238,6 +238,49 @@ fn one_enqueue_transaction_sends_one_notify_per_queue_not_one_per_row() {
     assert_eq!(payloads, vec!["default", "default", "other"]);
 }
 
+/// Schema version 4: a claim and a completion change `state`, so each writes a new row
+/// version; the queue index takes entries only for waiting ones. Counted on the index's one
+/// leaf page (pageinspect), with autovacuum off so that nothing is removed meanwhile.
+#[test]
+fn a_job_claimed_and_completed_adds_no_entry_to_the_queue_index() {
+    let (name, pool) = migrated();
+    let mut conn = pool.checkout("t").unwrap();
+    let mut superuser = Cluster::shared().superuser_in(&name);
+    superuser
+        .batch_execute(
+            "CREATE EXTENSION pageinspect; \
+             ALTER TABLE forkpool.jobs SET (autovacuum_enabled = false)",
+        )
+        .unwrap();
+    let jobs: Vec<NewJob> = (0..20)
+        .map(|_| new_job("noop", serde_json::json!({})))
+        .collect();
+    enqueue_all(&mut conn, &jobs).unwrap();
+    let claimed = claim_noop(&mut conn, 20);
+    assert_eq!(claimed.len(), 20);
+    for job in &claimed {
+        assert!(claim::complete(&mut conn, job.claim, "{}", false).unwrap());
+    }
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT count(*) FROM forkpool.jobs WHERE state = 'completed'"
+        ),
+        "20"
+    );
+    let entries: i64 = superuser
+        .query_one(
+            "SELECT count(*) FROM bt_page_items('forkpool.jobs_waiting_queue', 1)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        entries, 20,
+        "one entry per job stored; none for its claim or its completion"
+    );
+}
+
 #[test]
 fn claims_take_priority_then_run_at_then_id_and_only_jobs_this_catalog_knows() {
     let (_, pool) = migrated();

@@ -235,7 +235,8 @@ pub struct QueueCounts {
     pub oldest_available_seconds: f64,
 }
 
-/// Counts jobs by queue and state, in one pass over the state index.
+/// Counts jobs by queue and state, in one pass over the table (it reads every job; no index
+/// would spare that, which is why schema version 4 keeps none for it).
 pub fn queue_counts(conn: &mut PooledConnection) -> Result<Vec<QueueCounts>, pool::Error> {
     let rows = conn.query_sql(
         "SELECT queue, \
