@@ -51,10 +51,9 @@ pub struct Worker {
     batches: Vec<Vec<u64>>,
     /// The last batch is this turn's and may take more jobs (see [`Worker::seal_batch`]).
     filling: bool,
-    /// Durable claims it holds now (DESIGN §12).
-    pub claims: Vec<u64>,
-    /// Those claims as they were sent, one frame each: each frame takes an executor like a
-    /// job (one claim per frame, or up to `queue.batch`), until all its claims are answered.
+    /// Durable claims it holds now (DESIGN §12), as they were sent, one frame each: each
+    /// frame takes an executor like a job (one claim per frame, or up to `queue.batch`),
+    /// until all its claims are answered.
     claim_frames: Vec<Vec<u64>>,
     /// It was sent a claim at least once: when it dies, the keeper takes back what it held.
     pub ever_claimed: bool,
@@ -93,7 +92,6 @@ impl Worker {
             running: Vec::new(),
             batches: Vec::new(),
             filling: false,
-            claims: Vec::new(),
             claim_frames: Vec::new(),
             ever_claimed: false,
             idle_since: None,
@@ -168,15 +166,18 @@ impl Worker {
 
     /// Durable claims sent to it in one frame (one executor takes them all).
     pub fn assign_claims(&mut self, claim_ids: &[u64]) {
-        self.claims.extend_from_slice(claim_ids);
         self.claim_frames.push(claim_ids.to_vec());
         self.ever_claimed = true;
         self.idle_since = None;
     }
 
+    /// The durable claims it holds, over all their frames.
+    fn claim_count(&self) -> usize {
+        self.claim_frames.iter().map(Vec::len).sum()
+    }
+
     /// A claim it answered: empty, or its job settled (`ran`).
     pub fn release_claim(&mut self, claim_id: u64, ran: bool) {
-        self.claims.retain(|claim| *claim != claim_id);
         for frame in &mut self.claim_frames {
             frame.retain(|claim| *claim != claim_id);
         }
@@ -189,7 +190,7 @@ impl Worker {
 
     /// Holds nothing: no job, no claim.
     pub fn holds_nothing(&self) -> bool {
-        self.running.is_empty() && self.claims.is_empty()
+        self.running.is_empty() && self.claim_frames.is_empty()
     }
 
     fn note_if_idle(&mut self) {
@@ -316,7 +317,7 @@ impl WorkerTable {
     fn least_busy(&self, room: impl Fn(&Worker) -> bool) -> Option<usize> {
         self.iter()
             .filter(|w| room(w))
-            .min_by_key(|w| w.running.len() + w.claims.len())
+            .min_by_key(|w| w.running.len() + w.claim_count())
             .map(|w| w.slot)
     }
 
